@@ -1,0 +1,1 @@
+"""Lightning callbacks: progress, throughput, checkpoints, control, anomalies, alerts, monitoring."""

@@ -1,0 +1,126 @@
+"""Progress display and throughput measurement.
+
+Throughput is measured over log intervals (no per-step host syncs) and shown in the progress
+bar next to the loss and learning rate. The rich bar gets a finite total from ``max_steps``
+so that it can show an ETA for endless streams.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks.progress.rich_progress import RichProgressBarTheme
+
+
+class ProgressBar(RichProgressBar):
+    def __init__(self, refresh_rate: int = 1, leave: bool = True) -> None:
+        super().__init__(refresh_rate=refresh_rate, leave=leave, theme=RichProgressBarTheme(metrics_format=".4g"))
+
+    @property
+    def total_train_batches(self) -> int | float:
+        total = super().total_train_batches
+        trainer = self.trainer
+        if total == float("inf") and trainer.max_steps > 0:
+            # An endless stream: the run ends at max_steps, so that is the bar's total.
+            return trainer.max_steps * trainer.accumulate_grad_batches
+        return total
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        # Short names keep the bar on one line.
+        short = {"train/loss": "loss", "train/learning_rate": "lr", "train/samples_per_s": "samples/s",
+                 "val/loss": "val_loss"}
+        out: dict[str, Any] = {"step": trainer.global_step}
+        for key, value in items.items():
+            out[short.get(key, key)] = value
+        return out
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        # "Epoch 0/-2" means nothing for a step-bounded run: call it training.
+        if self.train_progress_bar_id is not None and trainer.max_epochs in (-1, None):
+            self.progress.update(self.train_progress_bar_id, description="train")
+
+
+class Throughput(pl.Callback):
+    """Samples/s and tokens/s over each log interval, plus run totals for ``summary.json``.
+
+    Time spent in validation is excluded, so the figure is training throughput.
+    """
+
+    def __init__(self, log_every_n_steps: int = 20) -> None:
+        self.log_every_n_steps = max(1, log_every_n_steps)
+        self.total_samples = 0
+        self.total_tokens = 0
+        self.train_seconds = 0.0
+        self._interval_start: float | None = None
+        self._interval_samples = 0
+        self._interval_tokens = 0
+        self._batches = 0
+        self.last: dict[str, float] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._interval_start is None:
+            self._interval_start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        ids = batch["input_ids"]
+        samples, tokens = ids.shape[0], ids.numel()
+        self._interval_samples += samples
+        self._interval_tokens += tokens
+        self.total_samples += samples * trainer.world_size
+        self.total_tokens += tokens * trainer.world_size
+        self._batches += 1
+        if self._batches % (self.log_every_n_steps * trainer.accumulate_grad_batches) == 0:
+            self._flush(trainer, pl_module)
+
+    def _flush(self, trainer, pl_module) -> None:
+        if self._interval_start is None:
+            return
+        dt = time.perf_counter() - self._interval_start
+        self.train_seconds += dt
+        if dt > 0 and self._interval_samples:
+            world = trainer.world_size
+            self.last = {
+                "train/samples_per_s": self._interval_samples * world / dt,
+                "train/tokens_per_s": self._interval_tokens * world / dt,
+            }
+            pl_module.log("train/samples_per_s", self.last["train/samples_per_s"], prog_bar=True)
+            pl_module.log("train/tokens_per_s", self.last["train/tokens_per_s"])
+        self._interval_start, self._interval_samples, self._interval_tokens = None, 0, 0
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        # Close the running interval so that validation time is not counted as training.
+        if self._interval_start is not None:
+            self.train_seconds += time.perf_counter() - self._interval_start
+            self._interval_start = None
+            self._interval_samples = self._interval_tokens = 0
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._interval_start is not None:
+            self.train_seconds += time.perf_counter() - self._interval_start
+            self._interval_start = None
+
+    def summary(self) -> dict[str, float]:
+        if self.train_seconds <= 0:
+            return {}
+        return {
+            "samples_per_s": self.total_samples / self.train_seconds,
+            "tokens_per_s": self.total_tokens / self.train_seconds,
+        }
+
+
+class LearningRate(pl.Callback):
+    """Logs the learning rate at log intervals and shows it in the progress bar."""
+
+    def __init__(self, log_every_n_steps: int = 20) -> None:
+        self.log_every_n_steps = max(1, log_every_n_steps)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.optimizers and (trainer.global_step % self.log_every_n_steps == 0 or trainer.global_step == 1):
+            lr = trainer.optimizers[0].param_groups[0]["lr"]
+            pl_module.log("train/learning_rate", lr, prog_bar=True)

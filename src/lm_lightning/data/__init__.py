@@ -1,0 +1,1 @@
+"""Data modules, one per source. Each exposes ``vocab_size``, ``block_size`` and ``objectives``."""

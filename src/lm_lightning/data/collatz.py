@@ -1,0 +1,211 @@
+"""Collatz parity vectors as a LightningDataModule.
+
+Training data is an endless stream generated on the fly: micro-batch ``s`` of rank ``r``
+(of ``R``) is stream batch ``s * R + r``, and stream batch ``b`` holds samples
+``b * B .. (b + 1) * B - 1``, each a pure function of ``(seed, sample index)``. Dataloader
+worker ``w`` of ``W`` generates the micro-batches with ``s % W == w``; PyTorch hands them
+back round-robin, so the order never depends on the number of workers. Resuming at
+micro-batch ``s`` therefore replays exactly what an uninterrupted run would have seen, and
+no two ranks or workers ever draw the same sample (and so, in normal mode, the same n).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from lm_lightning import collatz
+from lm_lightning.objectives import IGNORE_INDEX
+
+# Validation numbers come from a separate seed and a distant normal-mode range, so they are
+# never training samples.
+VAL_SEED_OFFSET = 1_000_003
+VAL_NORMAL_OFFSET = 2**40
+
+
+def encode(pb: collatz.ParityBatch, block_size: int, ns: list[int]) -> dict[str, Any]:
+    """Turn parity vectors into model tensors.
+
+    input_ids  (B, T): BOS, b0, b1, ... then PAD      labels (B, T): b0, b1, ... then -100
+    padding_mask (B, T): True at real tokens          lengths (B,): real tokens per row
+    """
+    B, T = len(pb), block_size
+    bits = torch.from_numpy(pb.bits[:, :T].astype(np.int64))  # (B, T): bit j is the label at j
+    nbits = torch.from_numpy(np.minimum(pb.lengths, T))  # bits available as labels
+    pos = torch.arange(T)
+    labels = torch.where(pos[None, :] < nbits[:, None], bits, IGNORE_INDEX)
+    inputs = torch.full((B, T), collatz.PAD, dtype=torch.long)
+    inputs[:, 0] = collatz.BOS
+    inputs[:, 1:] = torch.where(pos[None, 1:] <= nbits[:, None], bits[:, :-1], collatz.PAD)
+    lengths = torch.clamp(nbits + 1, max=T)
+    anomalies = [
+        {"n": ns[i], "kind": "step_cap" if pb.anomaly[i] == collatz.ANOMALY_STEP_CAP else "cycle"}
+        for i in np.flatnonzero(pb.anomaly)
+    ]
+    stopping = torch.from_numpy(pb.stopping_time.copy())
+    # An anomalous row has no defined stopping time; regress it onto the steps done instead
+    # of a NaN, and report it through the anomaly list.
+    stopping = torch.where(stopping < 0, torch.from_numpy(pb.total_stopping_time.copy()), stopping)
+    return {
+        "input_ids": inputs,
+        "labels": labels,
+        "padding_mask": pos[None, :] < lengths[:, None],
+        "lengths": lengths,
+        "stopping_time": stopping,
+        "truncated": int(pb.truncated.sum()),
+        "anomalies": anomalies,
+    }
+
+
+class CollatzStream(IterableDataset):
+    def __init__(self, seed: int, batch_size: int, block_size: int, sampling: dict[str, Any],
+                 max_steps: int, rank: int = 0, world_size: int = 1, start: int = 0) -> None:
+        self.seed, self.batch_size, self.block_size = seed, batch_size, block_size
+        self.sampling, self.max_steps = sampling, max_steps
+        self.rank, self.world_size, self.start = rank, world_size, start
+
+    def batch(self, step: int) -> dict[str, Any]:
+        """Micro-batch ``step`` of this rank: a pure function of (seed, step, rank)."""
+        index = step * self.world_size + self.rank
+        ns = collatz.stream_batch(self.seed, index, self.batch_size, **self.sampling)
+        pb = collatz.parity_batch(ns, max_len=self.block_size, max_steps=self.max_steps)
+        return encode(pb, self.block_size, ns)
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        step = self.start + worker
+        while True:
+            yield self.batch(step)
+            step += workers
+
+
+class CollatzEval(Dataset):
+    """A fixed, held-out set of batches, generated once."""
+
+    def __init__(self, batches: list[dict[str, Any]]) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.batches[i]
+
+
+class CollatzDataModule(pl.LightningDataModule):
+    task = "collatz"
+    objectives = ["next_token", "stopping_time"]
+    vocab_size = collatz.VOCAB_SIZE
+
+    def __init__(self, block_size: int = 128, batch_size: int = 64, num_workers: int = 0,
+                 seed: int = 0, hard_fraction: float = 0.5, normal_start: int = 2**20,
+                 hard_bits: tuple[int, int] | list[int] = (69, 100), max_steps: int = 100_000,
+                 val_samples: int = 2048, pin_memory: bool | None = None,
+                 prefetch_factor: int = 4) -> None:
+        super().__init__()
+        if block_size < 2:
+            raise ValueError(f"data.block_size must be at least 2, got {block_size}")
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be positive, got {batch_size}")
+        if not 0.0 <= hard_fraction <= 1.0:
+            raise ValueError(f"data.hard_fraction must be in [0, 1], got {hard_fraction}")
+        lo, hi = hard_bits
+        if not 2 <= lo <= hi:
+            raise ValueError(f"data.hard_bits must be [low, high] with 2 <= low <= high, got {list(hard_bits)}")
+        if normal_start < 2:
+            raise ValueError(f"data.normal_start must be >= 2, got {normal_start}")
+        self.block_size, self.batch_size, self.num_workers = block_size, batch_size, num_workers
+        self.seed, self.max_steps, self.val_samples = seed, max_steps, val_samples
+        self.sampling = {"hard_fraction": hard_fraction, "normal_start": int(normal_start),
+                         "hard_bits": (int(lo), int(hi))}
+        self.pin_memory, self.prefetch_factor = pin_memory, prefetch_factor
+        self._val: CollatzEval | None = None
+
+    # -- derived quantities the module and the baselines use ---------------------------------
+    def samples_per_batch(self) -> int:
+        return self.batch_size
+
+    def eval_batches(self, seed: int, sampling: dict[str, Any], n_samples: int) -> list[dict[str, Any]]:
+        n_batches = max(1, math.ceil(n_samples / self.batch_size))
+        stream = CollatzStream(seed, self.batch_size, self.block_size, sampling, self.max_steps)
+        return [stream.batch(i) for i in range(n_batches)]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._val is None:
+            sampling = dict(self.sampling, normal_start=self.sampling["normal_start"] + VAL_NORMAL_OFFSET)
+            self._val = CollatzEval(self.eval_batches(self.seed + VAL_SEED_OFFSET, sampling, self.val_samples))
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def _start_step(self) -> int:
+        """Micro-batches this rank has already consumed (non-zero after a resume)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        return trainer.global_step * trainer.accumulate_grad_batches
+
+    def _loader(self, dataset, workers: int) -> DataLoader:
+        pin = self.pin_memory if self.pin_memory is not None else torch.cuda.is_available()
+        kwargs: dict[str, Any] = {}
+        if workers > 0:
+            kwargs = {"persistent_workers": True, "prefetch_factor": self.prefetch_factor}
+        return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin, **kwargs)
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = self._rank()
+        stream = CollatzStream(self.seed, self.batch_size, self.block_size, self.sampling,
+                               self.max_steps, rank=rank, world_size=world, start=self._start_step())
+        return self._loader(stream, self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup("validate")
+        return self._loader(self._val, 0)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    # -- trivial baselines for the final table -----------------------------------------------
+    def baselines(self, n_train_samples: int = 4096) -> dict[str, float]:
+        """What a model that learned nothing (or only bit frequencies) would score.
+
+        - unigram: entropy of the bit frequencies in the validation labels (nats);
+        - floor: entropy of the next bit given the previous one, the best any model can do
+          without tracking the number itself (after an odd step the next bit is always 0);
+        - mean predictor: stopping-time MAE when always predicting the training-stream mean.
+        """
+        self.setup("validate")
+        labels = torch.cat([b["labels"] for b in self._val.batches])
+        inputs = torch.cat([b["input_ids"] for b in self._val.batches])
+        mask = labels != IGNORE_INDEX
+        y, prev = labels[mask].double(), inputs[mask]
+        unigram = _entropy(y.mean().item())
+        floor = 0.0
+        for p in (collatz.BOS, collatz.BIT0, collatz.BIT1):
+            sel = prev == p
+            if sel.any():
+                floor += sel.double().mean().item() * _entropy(y[sel].mean().item())
+        train = self.eval_batches(self.seed, self.sampling, n_train_samples)
+        mean = torch.cat([b["stopping_time"] for b in train]).double().mean()
+        val_st = torch.cat([b["stopping_time"] for b in self._val.batches]).double()
+        return {
+            "next_token_unigram": unigram,
+            "next_token_floor": floor,
+            "next_bit_acc_majority": max(y.mean().item(), 1 - y.mean().item()),
+            "stopping_time_mae_mean": (val_st - mean).abs().mean().item(),
+        }
+
+
+def _entropy(p: float) -> float:
+    if p <= 0.0 or p >= 1.0:
+        return 0.0
+    return -(p * math.log(p) + (1 - p) * math.log(1 - p))

@@ -1,0 +1,335 @@
+"""One readable decoder-only transformer in plain PyTorch.
+
+Nothing here knows about Lightning, Hydra or tasks: the LightningModule wraps
+:class:`GPT` with task heads and losses. Shapes are commented as (B, T, C) =
+(batch, time, channels); nh = heads, hs = head size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+@dataclass
+class ModelConfig:
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    d_ff: int | None = None  # None: 4 * n_embd (gelu) or the 2/3-scaled width (swiglu)
+    vocab_size: int = 256
+    block_size: int = 256
+    dropout: float = 0.0
+    pos_emb: str = "rope"  # rope | learned
+    rope_theta: float = 10000.0
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    mlp: str = "gelu"  # gelu | swiglu
+    bias: bool = False
+    tie_weights: bool = True
+    activation_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("n_layer", "n_head", "n_embd", "vocab_size", "block_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
+            )
+        if self.pos_emb not in ("rope", "learned"):
+            raise ValueError(f"model.pos_emb must be 'rope' or 'learned', got {self.pos_emb!r}")
+        if self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError("model.pos_emb=rope needs an even head size (n_embd / n_head)")
+        if self.norm not in ("layernorm", "rmsnorm"):
+            raise ValueError(f"model.norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
+        if self.mlp not in ("gelu", "swiglu"):
+            raise ValueError(f"model.mlp must be 'gelu' or 'swiglu', got {self.mlp!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.d_ff is None:
+            # SwiGLU has three matrices instead of two: keep the parameter count comparable.
+            self.d_ff = 4 * self.n_embd if self.mlp == "gelu" else _round_up(8 * self.n_embd // 3, 64)
+        if self.d_ff <= 0:
+            raise ValueError(f"model.d_ff must be positive, got {self.d_ff}")
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _round_up(x: int, m: int) -> int:
+    return (x + m - 1) // m * m
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 for stability under bf16/fp16 autocast.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.type_as(x) * self.weight
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return RMSNorm(cfg.n_embd)
+    return nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+
+
+def rope_cache(head_size: int, length: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables (T, hs/2) for rotary position embeddings."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_size, 2, dtype=torch.float32) / head_size))
+    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x: (B, nh, T, hs); rotate pairs (even, odd) of each head's channels.
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return out.flatten(-2)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.dropout = cfg.dropout
+        self.use_rope = cfg.pos_emb == "rope"
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        attn_mask: torch.Tensor | None = None,
+        kv_cache: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if self.use_rope and rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        is_causal = attn_mask is None
+        if kv_cache is not None:
+            if "k" in kv_cache:
+                k = torch.cat([kv_cache["k"], k], dim=2)
+                v = torch.cat([kv_cache["v"], v], dim=2)
+            kv_cache["k"], kv_cache["v"] = k, v
+            if T == 1:
+                is_causal = False  # one new query attends to every cached key
+            elif k.shape[2] != T:
+                # Several new tokens on top of a cache: causal relative to their position.
+                past = k.shape[2] - T
+                attn_mask = torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device).tril(past)
+                is_causal = False
+        y = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=attn_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal,
+        )  # (B, nh, T, hs): flash / memory-efficient kernels where the device has them
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.swiglu = cfg.mlp == "swiglu"
+        width = cfg.d_ff * 2 if self.swiglu else cfg.d_ff
+        self.c_fc = nn.Linear(cfg.n_embd, width, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.d_ff, cfg.n_embd, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c_fc(x)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h, approximate="tanh")
+        return self.dropout(self.c_proj(h))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.ln_1 = make_norm(cfg)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = make_norm(cfg)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, rope=None, attn_mask=None, kv_cache=None):
+        x = x + self.attn(self.ln_1(x), rope, attn_mask, kv_cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos_emb == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = make_norm(cfg)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_weights:
+            self.lm_head.weight = self.wte.weight
+        if cfg.pos_emb == "rope":
+            cos, sin = rope_cache(cfg.head_size, cfg.block_size, cfg.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        # GPT-2's scaled init of residual projections: keeps the residual stream's variance flat with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; by default without position embeddings (nanoGPT's convention).
+
+        Token embeddings stay counted because, tied, they are also the output layer.
+        """
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and self.wpe is not None:
+            n -= self.wpe.weight.numel()
+        return n
+
+    def hidden_states(
+        self,
+        idx: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        kv_caches: list[dict[str, torch.Tensor]] | None = None,
+        start_pos: int = 0,
+    ) -> torch.Tensor:
+        """Final-norm hidden states (B, T, C).
+
+        padding_mask: (B, T) bool, True at real tokens. Padded keys are masked out for every
+        query; with right padding (our layout) causality already hides them from real tokens,
+        so the mask matters for left padding and for keeping padded queries finite.
+        """
+        B, T = idx.shape
+        end = start_pos + T
+        if end > self.config.block_size:
+            raise ValueError(f"sequence length {end} exceeds block_size {self.config.block_size}")
+        x = self.wte(idx)  # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(start_pos, end, device=idx.device))
+        x = self.drop(x)
+        rope = None
+        if self.config.pos_emb == "rope":
+            rope = (self.rope_cos[start_pos:end], self.rope_sin[start_pos:end])
+        attn_mask = None
+        if padding_mask is not None and kv_caches is None:
+            causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
+            # (B, 1, T, T): query i may see key j if j <= i and j is real; the diagonal stays
+            # open so that a padded query still has one key and SDPA never returns NaN.
+            diag = torch.eye(T, dtype=torch.bool, device=idx.device)
+            attn_mask = ((causal & padding_mask[:, None, None, :]) | diag)
+        for i, block in enumerate(self.h):
+            cache = kv_caches[i] if kv_caches is not None else None
+            if self.config.activation_checkpointing and self.training and cache is None:
+                x = checkpoint(block, x, rope, attn_mask, None, use_reentrant=False)
+            else:
+                x = block(x, rope, attn_mask, cache)
+        return self.ln_f(x)
+
+    def forward(self, idx: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, vocab_size)."""
+        return self.lm_head(self.hidden_states(idx, padding_mask))
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
+        """Sample continuations of idx (B, T) with a KV cache; returns (B, T + max_new_tokens).
+
+        When the context would outgrow block_size the cache is dropped and the window slides.
+        """
+        was_training = self.training
+        self.eval()
+        caches: list[dict[str, torch.Tensor]] | None = None
+        pos = 0
+        for _ in range(max_new_tokens):
+            if use_cache and caches is not None and idx.shape[1] <= self.config.block_size:
+                x = self.hidden_states(idx[:, -1:], kv_caches=caches, start_pos=pos)
+            else:
+                ctx = idx[:, -self.config.block_size :]
+                caches = [{} for _ in self.h] if use_cache else None
+                x = self.hidden_states(ctx, kv_caches=caches)
+                pos = ctx.shape[1] - 1
+            pos += 1
+            logits = self.lm_head(x[:, -1, :]).float()  # (B, vocab)
+            next_tok = sample_token(logits, temperature, top_k, top_p, generator)
+            idx = torch.cat([idx, next_tok], dim=1)
+        self.train(was_training)
+        return idx
+
+
+def sample_token(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One token per row from logits (B, V): greedy at temperature 0, else top-k / nucleus sampling."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        # Drop a token when the mass before it already reaches top_p (always keep the first).
+        drop = (cum - sorted_logits.softmax(-1)) >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator)

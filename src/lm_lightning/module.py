@@ -1,0 +1,140 @@
+"""The LightningModule: one transformer, task heads and a weighted multi-task loss."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn as nn
+import torchmetrics
+
+from lm_lightning.model import GPT, ModelConfig
+from lm_lightning.objectives import HEADS, IGNORE_INDEX, multi_task_loss
+from lm_lightning.optim import build_optimizer
+
+
+class LMModule(pl.LightningModule):
+    """Wraps :class:`GPT` with the heads its objectives need.
+
+    Hyperparameters are plain containers (model config dict, loss weights), so checkpoints
+    load with ``torch.load(weights_only=True)``. Optimizer and scheduler factories come from
+    Hydra and are not hyperparameters: the resolved run config travels in the checkpoint.
+    """
+
+    def __init__(
+        self,
+        model: dict[str, Any] | ModelConfig,
+        loss_weights: dict[str, float],
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        total_steps: int = 0,
+    ) -> None:
+        super().__init__()
+        model_cfg = model if isinstance(model, ModelConfig) else ModelConfig.from_dict(dict(model))
+        self.save_hyperparameters({"model": model_cfg.to_dict(), "loss_weights": dict(loss_weights)})
+        self.config = model_cfg
+        self.loss_weights = dict(loss_weights)
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.total_steps = total_steps
+        self.model = GPT(model_cfg)
+        heads = {HEADS[name] for name in self.loss_weights if name in HEADS}
+        self.regression_head = nn.Linear(model_cfg.n_embd, 1) if "regression" in heads else None
+        self.val_metrics = self._metrics()
+
+    def _metrics(self) -> nn.ModuleDict:
+        m: dict[str, torchmetrics.Metric] = {"loss": torchmetrics.MeanMetric()}
+        for name in self.loss_weights:
+            m[name] = torchmetrics.MeanMetric()
+        if "next_token" in self.loss_weights:
+            m["next_token_acc"] = torchmetrics.classification.MulticlassAccuracy(
+                self.config.vocab_size, average="micro", ignore_index=IGNORE_INDEX
+            )
+        if "stopping_time" in self.loss_weights:
+            m["stopping_time_mae"] = torchmetrics.MeanAbsoluteError()
+        return nn.ModuleDict(m)
+
+    # -- forward ----------------------------------------------------------------------------
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        mask = batch.get("padding_mask")
+        h = self.model.hidden_states(batch["input_ids"], mask)  # (B, T, C)
+        out = {"logits": self.model.lm_head(h)}
+        if self.regression_head is not None:
+            # The regression head reads the last real token, which has seen the whole prefix.
+            last = batch["lengths"] - 1  # (B,)
+            h_last = h[torch.arange(h.shape[0], device=h.device), last]  # (B, C)
+            out["stopping_time"] = self.regression_head(h_last).squeeze(-1)  # log1p(steps)
+        return out
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        self._report_data_anomalies(batch)
+        outputs = self(batch)
+        loss, parts = multi_task_loss(outputs, batch, self.loss_weights)
+        # Logged tensors stay on the device; Lightning reads them at log/refresh intervals.
+        self.log("train/loss", loss, prog_bar=True)
+        if len(parts) > 1:
+            for name, value in parts.items():
+                self.log(f"train/{name}", value)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def _eval_step(self, batch: dict[str, Any]) -> None:
+        outputs = self(batch)
+        loss, parts = multi_task_loss(outputs, batch, self.loss_weights)
+        n = batch["input_ids"].shape[0]
+        self.val_metrics["loss"].update(loss, n)
+        for name, value in parts.items():
+            # Token-level objectives are weighted by their token count, so the epoch value is
+            # the true mean over the split rather than a mean of batch means.
+            weight = (batch["labels"] != IGNORE_INDEX).sum() if name == "next_token" else n
+            self.val_metrics[name].update(value, weight)
+        if "next_token_acc" in self.val_metrics:
+            self.val_metrics["next_token_acc"].update(outputs["logits"].argmax(-1), batch["labels"])
+        if "stopping_time_mae" in self.val_metrics:
+            pred_steps = torch.expm1(outputs["stopping_time"].float()).clamp(min=0)
+            self.val_metrics["stopping_time_mae"].update(pred_steps, batch["stopping_time"].float())
+
+    def _log_eval(self, prefix: str) -> None:
+        values = {name: metric.compute() for name, metric in self.val_metrics.items()}
+        if "next_token" in values:
+            values["ppl"] = torch.exp(values["next_token"].clamp(max=50))
+        for name, value in values.items():
+            self.log(f"{prefix}/{name}", value, prog_bar=(name == "loss"), sync_dist=False)
+        for metric in self.val_metrics.values():
+            metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test")
+
+    # -- anomalies from the data (Collatz step cap / cycles) --------------------------------
+    def _report_data_anomalies(self, batch: dict[str, Any]) -> None:
+        anomalies = batch.get("anomalies")
+        if not anomalies:
+            return
+        self.data_anomalies = getattr(self, "data_anomalies", 0) + len(anomalies)
+        for cb in self.trainer.callbacks if self._trainer else []:
+            hook = getattr(cb, "on_data_anomaly", None)
+            if hook is not None:
+                hook(self.trainer, self, anomalies)
+
+    # -- optimization -----------------------------------------------------------------------
+    def configure_optimizers(self):
+        if self.optimizer_factory is None:
+            raise RuntimeError("LMModule was built without an optimizer factory (inference only)")
+        optimizer = build_optimizer(self.optimizer_factory, self, self.device)
+        if self.scheduler_factory is None:
+            return optimizer
+        total = self.total_steps
+        if total <= 0:
+            total = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer, total_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

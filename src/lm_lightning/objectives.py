@@ -1,0 +1,66 @@
+"""Named training objectives and the weighted multi-task loss.
+
+A batch is a dict. Every task provides ``input_ids`` (B, T) and ``labels`` (B, T) with
+-100 where no prediction is wanted; the Collatz task adds ``padding_mask`` (B, T, True at
+real tokens), ``lengths`` (B,) and ``stopping_time`` (B,). Each objective reads what it needs
+from the batch and the model outputs and returns a scalar loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+Objective = Callable[[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]], torch.Tensor]
+
+
+def next_token_loss(outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy of next-token logits (B, T, V) against labels (B, T), ignoring -100."""
+    logits = outputs["logits"]
+    return F.cross_entropy(
+        logits.float().view(-1, logits.size(-1)), batch["labels"].view(-1), ignore_index=IGNORE_INDEX
+    )
+
+
+def stopping_time_loss(outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Huber loss in log space: the regression head predicts log1p(stopping time)."""
+    target = torch.log1p(batch["stopping_time"].float())
+    return F.huber_loss(outputs["stopping_time"].float(), target)
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "next_token": next_token_loss,
+    "stopping_time": stopping_time_loss,
+}
+
+# Extra heads an objective needs on top of the language-model head.
+HEADS: dict[str, str] = {"stopping_time": "regression"}
+
+
+def check_weights(weights: Mapping[str, float], task_objectives: list[str]) -> dict[str, float]:
+    """Weights for the objectives this task trains; unknown names are a user error (ValueError)."""
+    unknown = sorted(set(weights) - set(OBJECTIVES))
+    if unknown:
+        raise ValueError(f"unknown loss objective(s) {unknown}; known: {sorted(OBJECTIVES)}")
+    out = {}
+    for name in task_objectives:
+        w = float(weights.get(name, 1.0))
+        if w < 0:
+            raise ValueError(f"loss.weights.{name} must be >= 0, got {w}")
+        out[name] = w
+    return out
+
+
+def multi_task_loss(
+    outputs: Mapping[str, torch.Tensor],
+    batch: Mapping[str, torch.Tensor],
+    weights: Mapping[str, float],
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Total = sum of weight * objective; also returns each objective's unweighted value."""
+    parts = {name: OBJECTIVES[name](outputs, batch) for name in weights}
+    total = sum(weights[name] * value for name, value in parts.items())
+    return total, parts

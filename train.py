@@ -1,0 +1,3 @@
+from lm_lightning.train import main
+
+main()
