@@ -42,6 +42,8 @@ class LMModule(pl.LightningModule):
         heads = {HEADS[name] for name in self.loss_weights if name in HEADS}
         self.regression_head = nn.Linear(model_cfg.n_embd, 1) if "regression" in heads else None
         self.val_metrics = self._metrics()
+        # The resolved run config as plain containers; train() sets it, checkpoints carry it.
+        self.run_config: dict[str, Any] | None = None
 
     def _metrics(self) -> nn.ModuleDict:
         m: dict[str, torchmetrics.Metric] = {"loss": torchmetrics.MeanMetric()}
@@ -114,6 +116,10 @@ class LMModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_eval("test")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.run_config is not None:
+            checkpoint["run_config"] = self.run_config
 
     # -- anomalies from the data (Collatz step cap / cycles) --------------------------------
     def _report_data_anomalies(self, batch: dict[str, Any]) -> None:

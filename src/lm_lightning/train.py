@@ -166,6 +166,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         total_steps=max(0, max_steps),
     )
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)
     if cfg.model.get("compile"):
         import torch
 
@@ -299,7 +300,7 @@ def precheck(argv: list[str]) -> None:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name="train", overrides=argv)
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
-        report_and_exit(UserError(one_line(exc)))
+        report_and_exit(UserError(one_line(exc).split(" Config search path")[0]))
     try:
         check(cfg)
     except UserError as exc:
