@@ -146,10 +146,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     from lm_lightning.module import LMModule
 
-    checked = check(cfg)
     run_dir = output_dir(cfg)
     with open_dict(cfg):
+        # Pin the job directory before anything resolves ${paths.output_dir} (multirun jobs).
         cfg.paths.output_dir = str(run_dir)
+    checked = check(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_run_config(cfg, run_dir)
     handler = attach_file_log(run_dir)
