@@ -7,6 +7,8 @@ so that it can show an ETA for endless streams.
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from typing import Any
 
@@ -46,6 +48,22 @@ class ProgressBar(RichProgressBar):
             self.progress.update(self.train_progress_bar_id, description="train")
 
 
+log = logging.getLogger("lm_lightning")
+_IMPORT_TIME = time.time()
+
+
+def seconds_since_process_start() -> float:
+    """Wall time since this process started (Linux /proc), else since this module was imported."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.time() - _IMPORT_TIME
+
+
 class Throughput(pl.Callback):
     """Samples/s and tokens/s over each log interval, plus run totals for ``summary.json``.
 
@@ -61,6 +79,7 @@ class Throughput(pl.Callback):
         self._interval_samples = 0
         self._interval_tokens = 0
         self._batches = 0
+        self.startup_s: float | None = None
         self.last: dict[str, float] = {}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -75,6 +94,9 @@ class Throughput(pl.Callback):
         self.total_samples += samples * trainer.world_size
         self.total_tokens += tokens * trainer.world_size
         self._batches += 1
+        if self._batches == 1:
+            self.startup_s = seconds_since_process_start()
+            log.info("start-up: first training step done %.1f s after launch", self.startup_s)
         if self._batches % (self.log_every_n_steps * trainer.accumulate_grad_batches) == 0:
             self._flush(trainer, pl_module)
 
@@ -106,12 +128,13 @@ class Throughput(pl.Callback):
             self._interval_start = None
 
     def summary(self) -> dict[str, float]:
-        if self.train_seconds <= 0:
-            return {}
-        return {
-            "samples_per_s": self.total_samples / self.train_seconds,
-            "tokens_per_s": self.total_tokens / self.train_seconds,
-        }
+        out: dict[str, float] = {}
+        if self.startup_s is not None:
+            out["startup_s"] = self.startup_s
+        if self.train_seconds > 0:
+            out["samples_per_s"] = self.total_samples / self.train_seconds
+            out["tokens_per_s"] = self.total_tokens / self.train_seconds
+        return out
 
 
 class LearningRate(pl.Callback):

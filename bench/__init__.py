@@ -1,0 +1,1 @@
+"""Benchmarks for `make bench` (not tests: no timed assertions anywhere in pytest)."""

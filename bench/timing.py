@@ -1,0 +1,61 @@
+"""Callbacks that time a Lightning run from the inside, for the benchmarks.
+
+Instances register themselves in RESULTS so a benchmark can read them after ``train(cfg)``
+built and ran them from the config (``+callbacks.step_timer._target_=bench.timing.StepTimer``).
+"""
+
+from __future__ import annotations
+
+import time
+
+import lightning.pytorch as pl
+import torch
+
+RESULTS: dict[str, pl.Callback] = {}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class StepTimer(pl.Callback):
+    """Mean wall time per optimizer step over steps [warmup, end), synchronising only twice."""
+
+    def __init__(self, warmup: int = 5) -> None:
+        self.warmup = warmup
+        self.t0: float | None = None
+        self.t1: float | None = None
+        self.steps = 0
+        self.data_wait = 0.0
+        self._batch_end: float | None = None
+        RESULTS["step_timer"] = self
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        if self.t0 is not None and self._batch_end is not None:
+            # From the end of the last step to the start of this one: fetching the next batch
+            # (and Lightning's bookkeeping), the time the loop waits for data.
+            self.data_wait += now - self._batch_end
+        if trainer.global_step == self.warmup and self.t0 is None:
+            _sync(pl_module.device)
+            self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.t0 is not None:
+            if trainer.global_step >= trainer.max_steps:
+                _sync(pl_module.device)  # the last step's kernels must be finished
+            self.steps = trainer.global_step - self.warmup
+            self._batch_end = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        _sync(pl_module.device)
+        self.t1 = time.perf_counter() if self._batch_end is None else self._batch_end
+
+    @property
+    def ms_per_step(self) -> float:
+        return 1000.0 * (self.t1 - self.t0) / max(1, self.steps)
+
+    @property
+    def data_wait_fraction(self) -> float:
+        return self.data_wait / max(1e-9, self.t1 - self.t0)
