@@ -232,6 +232,16 @@ class GPT(nn.Module):
             n -= self.wpe.weight.numel()
         return n
 
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token, nanoGPT's estimate: 6N + 12 * L * H * Q * T.
+
+        6N for the forward and backward matrix products, plus attention's score and value
+        products over a context of T tokens (Q = head size).
+        """
+        c = self.config
+        T = seq_len or c.block_size
+        return 6 * self.num_params() + 12 * c.n_layer * c.n_head * c.head_size * T
+
     def hidden_states(
         self,
         idx: torch.Tensor,
@@ -271,9 +281,15 @@ class GPT(nn.Module):
                 x = block(x, rope, attn_mask, cache)
         return self.ln_f(x)
 
-    def forward(self, idx: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, T, vocab_size)."""
-        return self.lm_head(self.hidden_states(idx, padding_mask))
+    def forward(self, idx: torch.Tensor, padding_mask: torch.Tensor | None = None, return_hidden: bool = False):
+        """Logits (B, T, vocab_size); with return_hidden, also the final hidden states (B, T, C).
+
+        Task heads read the hidden states through this call (not ``hidden_states``) so that a
+        compiled model (``model.compile()``) covers the whole network.
+        """
+        h = self.hidden_states(idx, padding_mask)
+        logits = self.lm_head(h)
+        return (logits, h) if return_hidden else logits
 
     @torch.no_grad()
     def generate(

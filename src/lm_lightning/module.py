@@ -60,8 +60,8 @@ class LMModule(pl.LightningModule):
     # -- forward ----------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         mask = batch.get("padding_mask")
-        h = self.model.hidden_states(batch["input_ids"], mask)  # (B, T, C)
-        out = {"logits": self.model.lm_head(h)}
+        logits, h = self.model(batch["input_ids"], mask, return_hidden=True)  # (B, T, V), (B, T, C)
+        out = {"logits": logits}
         if self.regression_head is not None:
             # The regression head reads the last real token, which has seen the whole prefix.
             last = batch["lengths"] - 1  # (B,)

@@ -21,9 +21,9 @@ Objective = Callable[[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]], t
 def next_token_loss(outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Cross-entropy of next-token logits (B, T, V) against labels (B, T), ignoring -100."""
     logits = outputs["logits"]
-    return F.cross_entropy(
-        logits.float().view(-1, logits.size(-1)), batch["labels"].view(-1), ignore_index=IGNORE_INDEX
-    )
+    # No explicit .float(): under autocast cross_entropy already computes in fp32, and an fp32
+    # copy of (B, T, V) logits would cost gigabytes at GPT-2's vocabulary.
+    return F.cross_entropy(logits.view(-1, logits.size(-1)), batch["labels"].view(-1), ignore_index=IGNORE_INDEX)
 
 
 def stopping_time_loss(outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -169,9 +169,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     if cfg.model.get("compile"):
-        import torch
-
-        module.model = torch.compile(module.model)
+        # In place: parameter names (and so checkpoints) stay the same as without compile.
+        module.model.compile()
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,

@@ -64,6 +64,19 @@ def seconds_since_process_start() -> float:
         return time.time() - _IMPORT_TIME
 
 
+# Dense bf16 peak FLOP/s by device name, for MFU. Unknown devices report no MFU.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "RTX 3060": 51e12}
+
+
+def device_peak_flops(device) -> float | None:
+    import torch
+
+    if getattr(device, "type", None) != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
 class Throughput(pl.Callback):
     """Samples/s and tokens/s over each log interval, plus run totals for ``summary.json``.
 
@@ -80,6 +93,7 @@ class Throughput(pl.Callback):
         self._interval_tokens = 0
         self._batches = 0
         self.startup_s: float | None = None
+        self._mfu_per_token: float | None = None  # FLOPs per token / device peak, once known
         self.last: dict[str, float] = {}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -113,6 +127,14 @@ class Throughput(pl.Callback):
             }
             pl_module.log("train/samples_per_s", self.last["train/samples_per_s"], prog_bar=True)
             pl_module.log("train/tokens_per_s", self.last["train/tokens_per_s"])
+            if self._mfu_per_token is None:
+                model = getattr(pl_module, "model", None)
+                peak = device_peak_flops(pl_module.device)
+                fpt = model.flops_per_token() if peak and hasattr(model, "flops_per_token") else 0.0
+                self._mfu_per_token = fpt / peak if peak else 0.0
+            if self._mfu_per_token:
+                self.last["train/mfu"] = self.last["train/tokens_per_s"] * self._mfu_per_token
+                pl_module.log("train/mfu", self.last["train/mfu"])
         self._interval_start, self._interval_samples, self._interval_tokens = None, 0, 0
 
     def on_validation_start(self, trainer, pl_module) -> None:
