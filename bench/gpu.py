@@ -59,7 +59,7 @@ def mfu_run(runs_root: str, steps: int = 60) -> dict:
     from lm_lightning.model import GPT, ModelConfig
     from lm_lightning.train import train
 
-    batch = next(b for b in (64, 48, 32, 24, 16, 8) if fits(b))
+    batch = next(b for b in (96, 64, 48, 32, 24, 16, 8) if fits(b))
     cfg = compose([*_base_overrides(batch, steps, True), f"paths.runs_root={runs_root}", "run_name=mfu"])
     with contextlib.redirect_stdout(None):
         train(cfg)

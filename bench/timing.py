@@ -31,12 +31,25 @@ class StepTimer(pl.Callback):
         self._batch_end: float | None = None
         RESULTS["step_timer"] = self
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Time spent blocked in the dataloader's next(): Lightning brackets exactly that call
+        # with these two epoch-loop methods (its profiler's "train_dataloader_next").
+        loop = trainer.fit_loop.epoch_loop
+        before, after = loop._on_before_fetch, loop._on_after_fetch
+        started = [0.0]
+
+        def _before():
+            started[0] = time.perf_counter()
+            before()
+
+        def _after():
+            after()
+            if self.t0 is not None:
+                self.data_wait += time.perf_counter() - started[0]
+
+        loop._on_before_fetch, loop._on_after_fetch = _before, _after
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        now = time.perf_counter()
-        if self.t0 is not None and self._batch_end is not None:
-            # From the end of the last step to the start of this one: fetching the next batch
-            # (and Lightning's bookkeeping), the time the loop waits for data.
-            self.data_wait += now - self._batch_end
         if trainer.global_step == self.warmup and self.t0 is None:
             _sync(pl_module.device)
             self.t0 = time.perf_counter()

@@ -38,6 +38,7 @@ class LMModule(pl.LightningModule):
         self.loss_weights = dict(loss_weights)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.total_steps = total_steps
+        self._loss_fn = self._forward_loss
         self.model = GPT(model_cfg)
         heads = {HEADS[name] for name in self.loss_weights if name in HEADS}
         self.regression_head = nn.Linear(model_cfg.n_embd, 1) if "regression" in heads else None
@@ -71,14 +72,30 @@ class LMModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         self._report_data_anomalies(batch)
-        outputs = self(batch)
-        loss, parts = multi_task_loss(outputs, batch, self.loss_weights)
-        # Logged tensors stay on the device; Lightning reads them at log/refresh intervals.
+        loss, parts = self._loss_fn(batch)
+        # Logged tensors stay on the device; Lightning reads them when the progress bar
+        # refreshes or loggers write. The per-objective parts only matter at log intervals.
         self.log("train/loss", loss, prog_bar=True)
-        if len(parts) > 1:
+        if len(parts) > 1 and self._at_log_step():
             for name, value in parts.items():
                 self.log(f"train/{name}", value)
         return loss
+
+    def _forward_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return multi_task_loss(self(batch), batch, self.loss_weights)
+
+    def compile(self, **kwargs: Any) -> None:  # type: ignore[override]
+        """Compile forward and loss together: the cross-entropy fuses with the output layer."""
+        tensor_batch = torch.compile(self._forward_loss, **kwargs)
+
+        def loss_fn(batch):  # python objects in the batch (anomaly lists) stay out of the graph
+            return tensor_batch({k: v for k, v in batch.items() if torch.is_tensor(v)})
+
+        self._loss_fn = loss_fn
+
+    def _at_log_step(self) -> bool:
+        trainer = self._trainer
+        return trainer is None or trainer.global_step % max(1, trainer.log_every_n_steps) == 0
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch)
@@ -133,10 +150,23 @@ class LMModule(pl.LightningModule):
                 hook(self.trainer, self, anomalies)
 
     # -- optimization -----------------------------------------------------------------------
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # Lightning refuses to clip for fused optimizers because, under fp16 loss scaling, they
+        # unscale inside step(). Without a scaler (bf16, fp32) the gradients are already true,
+        # so clip them directly; fp16 runs never get a fused optimizer (configure_optimizers).
+        if gradient_clip_val and getattr(optimizer, "defaults", {}).get("fused"):
+            if gradient_clip_algorithm in (None, "norm"):
+                torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_value_(self.parameters(), gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
         if self.optimizer_factory is None:
             raise RuntimeError("LMModule was built without an optimizer factory (inference only)")
-        optimizer = build_optimizer(self.optimizer_factory, self, self.device)
+        precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
+        optimizer = build_optimizer(self.optimizer_factory, self, self.device, allow_fused=precision != "16-mixed")
         if self.scheduler_factory is None:
             return optimizer
         total = self.total_steps

@@ -31,8 +31,12 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 
 def build_optimizer(factory: Callable[..., torch.optim.Optimizer], model: torch.nn.Module,
-                    device: torch.device) -> torch.optim.Optimizer:
-    """Call a (partial) optimizer factory with decay/no-decay groups; fused AdamW on CUDA."""
+                    device: torch.device, allow_fused: bool = True) -> torch.optim.Optimizer:
+    """Call a (partial) optimizer factory with decay/no-decay groups; fused AdamW on CUDA.
+
+    ``allow_fused=False`` under fp16 loss scaling: a fused optimizer unscales gradients inside
+    its step, after clipping would already have seen them scaled.
+    """
     keywords = dict(getattr(factory, "keywords", {}) or {})
     lr = keywords.get("lr")
     if lr is not None and not float(lr) > 0:
@@ -42,7 +46,7 @@ def build_optimizer(factory: Callable[..., torch.optim.Optimizer], model: torch.
     target = getattr(factory, "func", factory)
     if target in (torch.optim.AdamW, torch.optim.Adam) and keywords.get("fused") is None:
         # Fused kernels: one launch for all parameters instead of a loop per tensor.
-        extra["fused"] = device.type == "cuda"
+        extra["fused"] = allow_fused and device.type == "cuda"
     return factory(groups, **extra)
 
 

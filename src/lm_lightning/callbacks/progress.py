@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks.progress.rich_progress import RichProgressBarTh
 
 
 class ProgressBar(RichProgressBar):
-    def __init__(self, refresh_rate: int = 1, leave: bool = True) -> None:
+    def __init__(self, refresh_rate: int = 10, leave: bool = True) -> None:
         super().__init__(refresh_rate=refresh_rate, leave=leave, theme=RichProgressBarTheme(metrics_format=".4g"))
 
     @property
