@@ -1,60 +1,63 @@
-"""Find host-device synchronisations on the training hot path (CUDA only).
+"""Profile the training hot path on CUDA: host syncs and where time goes.
 
-Runs a short trainer run with ``torch.cuda.set_sync_debug_mode("warn")`` after warm-up and
-prints where each synchronising call came from (the innermost frames outside torch).
+Runs a short trainer run under torch.profiler for steps [10, 30) and prints
+- every synchronising call (``aten::_local_scalar_dense`` = ``.item()``, stream/device
+  synchronize, device-to-host copies) grouped by the Python stack that made it;
+- the top operators by self CPU and by CUDA time (the "top costs per step" of BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import sys
-import traceback
-import warnings
 
 import lightning.pytorch as pl
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from bench.compose import compose
 
-SITES: collections.Counter = collections.Counter()
+SYNC_NAMES = ("aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize", "Memcpy DtoH")
+STATE: dict = {}
 
 
-class SyncWatch(pl.Callback):
-    def __init__(self, start: int = 5) -> None:
-        self.start = start
+class ProfileSteps(pl.Callback):
+    def __init__(self, start: int = 10, stop: int = 30) -> None:
+        self.start, self.stop = start, stop
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.start:
-            torch.cuda.set_sync_debug_mode("warn")
+        if trainer.global_step == self.start and "prof" not in STATE:
+            STATE["prof"] = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True)
+            STATE["prof"].__enter__()
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        torch.cuda.set_sync_debug_mode(0)
-
-
-def _hook(message, category, filename, lineno, file=None, line=None):
-    if "synchronizing" not in str(message).lower() and "sync" not in str(message).lower():
-        return
-    frames = [f for f in traceback.extract_stack()[:-1] if "/torch/" not in f.filename and "warnings" not in f.filename]
-    SITES[" <- ".join(f"{f.filename.split('site-packages/')[-1]}:{f.lineno}:{f.name}" for f in frames[-4:][::-1])] += 1
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.stop and "prof" in STATE and "done" not in STATE:
+            torch.cuda.synchronize()
+            STATE["prof"].__exit__(None, None, None)
+            STATE["done"] = True
 
 
 def main() -> None:
     from lm_lightning.train import train
 
-    import bench.sync_debug as me
-
-    overrides = [*sys.argv[1:], "+callbacks.sync_watch._target_=bench.sync_debug.SyncWatch", "logger=csv",
+    overrides = [*sys.argv[1:], "+callbacks.profile_steps._target_=bench.sync_debug.ProfileSteps", "logger=csv",
                  "~callbacks.model_checkpoint", "trainer.limit_val_batches=0", "trainer.enable_model_summary=false",
-                 "paths.runs_root=/tmp/sync_debug"]
-    warnings.showwarning = _hook
-    warnings.simplefilter("always")
-    with contextlib.redirect_stdout(None):
+                 "paths.runs_root=/tmp/sync_debug", "trainer.max_steps=35", "trainer.val_check_interval=1000"]
+    with contextlib.redirect_stdout(sys.stderr):
         train(compose(overrides))
-    steps = compose(overrides).trainer.max_steps - 5
-    print(f"synchronising calls over {steps} steps:")
-    for site, n in me.SITES.most_common(15):
-        print(f"{n:6d}  {site}")
+    prof = STATE["prof"]
+    steps = 20
+    print("synchronising calls over 20 steps, by stack:")
+    for evt in prof.key_averages(group_by_stack_n=6):
+        if any(n in evt.key for n in SYNC_NAMES):
+            stack = " <- ".join(s for s in evt.stack if "torch/" not in s)[:400]
+            print(f"{evt.count:5d}  {evt.key}  {stack}")
+    print("\ntop operators by self CPU time per step (ms):")
+    for evt in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:8]:
+        print(f"{evt.self_cpu_time_total / 1000 / steps:8.3f}  {evt.key}")
+    print("\ntop kernels/operators by CUDA time per step (ms):")
+    for evt in sorted(prof.key_averages(), key=lambda e: -getattr(e, "self_device_time_total", 0))[:8]:
+        print(f"{evt.self_device_time_total / 1000 / steps:8.3f}  {evt.key[:90]}")
 
 
 if __name__ == "__main__":
