@@ -27,12 +27,14 @@ class ProfileSteps(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.start and "prof" not in STATE:
-            STATE["prof"] = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True)
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+            STATE["prof"] = profile(activities=acts, with_stack=True)
             STATE["prof"].__enter__()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.stop and "prof" in STATE and "done" not in STATE:
-            torch.cuda.synchronize()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
             STATE["prof"].__exit__(None, None, None)
             STATE["done"] = True
 
@@ -45,12 +47,14 @@ def main() -> None:
                  "paths.runs_root=/tmp/sync_debug", "trainer.max_steps=35", "trainer.val_check_interval=1000"]
     with contextlib.redirect_stdout(sys.stderr):
         train(compose(overrides))
-    prof = STATE["prof"]
+    import bench.sync_debug as me  # the callback lives in the imported module, not __main__
+
+    prof = me.STATE["prof"]
     steps = 20
     print("synchronising calls over 20 steps, by stack:")
-    for evt in prof.key_averages(group_by_stack_n=6):
+    for evt in prof.key_averages(group_by_stack_n=8):
         if any(n in evt.key for n in SYNC_NAMES):
-            stack = " <- ".join(s for s in evt.stack if "torch/" not in s)[:400]
+            stack = " <- ".join(s for s in evt.stack if "site-packages/torch/" not in s)[:600]
             print(f"{evt.count:5d}  {evt.key}  {stack}")
     print("\ntop operators by self CPU time per step (ms):")
     for evt in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:8]:

@@ -199,7 +199,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         summary = write_summary(trainer, run_dir, status, time.time() - start)
         logging.getLogger("lm_lightning").removeHandler(handler)
         logging.getLogger("lightning.pytorch").removeHandler(handler)
-    if status == "finished" and hasattr(datamodule, "baselines") and trainer.is_global_zero:
+    if (status == "finished" and hasattr(datamodule, "baselines") and trainer.is_global_zero
+            and any(k.startswith("val/") for k in summary["metrics"])):
         print_final_table(summary["metrics"], datamodule.baselines())
     return summary
 
