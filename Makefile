@@ -34,7 +34,7 @@ lint: install  ## ruff
 	$(PY) -m ruff check src tests bench
 
 bench: install  ## benchmarks; rewrites BENCHMARKS.md
-	$(PY) -m bench.run
+	PYTHONPATH=. $(PY) -m bench.run
 
 clean:  ## remove outputs and caches (keeps .venv)
 	rm -rf outputs .pytest_cache .ruff_cache

@@ -1,0 +1,179 @@
+"""`make bench`: run every comparison side by side and rewrite BENCHMARKS.md.
+
+    python -m bench.run                 # everything that runs on this machine
+    python -m bench.run --only collatz,startup
+
+Each comparison runs both sides in this one invocation and reports the ratio; the GPU
+section is read from bench/gpu_results.json (written by `python -m bench.gpu` on a GPU machine)
+and says so when this machine has no GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+GPU_RESULTS = ROOT / "bench" / "gpu_results.json"
+RESULTS = ROOT / "bench" / "cpu_results.json"
+
+# nanoGPT's shakespeare_char CPU recipe, measured on this machine class (issue #6).
+NANOGPT = {"ms_per_iter": 65.8, "val_loss": 1.886, "wall_s": 214.0}
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    import lightning
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gb": round(mem_gb, 1), "python": platform.python_version(),
+            "torch": torch.__version__, "lightning": lightning.__version__,
+            "date": datetime.date.today().isoformat(), "commit": commit.stdout.strip()}
+
+
+def section_overhead() -> list[dict]:
+    from bench import overhead
+
+    return [overhead.measure("small", 40, repeats=3), overhead.measure("medium", 12, batch=32, repeats=2)]
+
+
+def section_collatz() -> dict:
+    import contextlib
+
+    from bench import collatz_speed, timing
+    from bench.compose import compose
+    from lm_lightning.train import train
+
+    speed = collatz_speed.measure(batch_size=512, max_len=256, repeats=3)
+    cfg = compose(["trainer.max_steps=80", "trainer.val_check_interval=1000", "trainer.limit_val_batches=0",
+                   "logger=csv", "~callbacks.model_checkpoint", "+callbacks.step_timer._target_=bench.timing.StepTimer",
+                   "+callbacks.step_timer.warmup=10", "paths.runs_root=/tmp/lm_bench"])
+    with contextlib.redirect_stdout(None):
+        train(cfg)
+    t = timing.RESULTS["step_timer"]
+    return {"speed": speed, "default_run": {"ms_per_step": t.ms_per_step, "data_wait_fraction": t.data_wait_fraction,
+                                            "samples_per_s": cfg.data.batch_size / (t.ms_per_step / 1000)}}
+
+
+def section_startup() -> dict:
+    from bench import startup
+
+    return startup.measure(repeats=3)
+
+
+SECTIONS = {"overhead": section_overhead, "collatz": section_collatz, "startup": section_startup}
+
+
+def render(cpu: dict, gpu: dict | None, have_gpu: bool) -> str:
+    m = cpu["machine"]
+    out = [
+        "# Benchmarks",
+        "",
+        f"Written by `make bench` on {m['date']} (commit {m['commit']}). CPU machine: {m['cpu']}, {m['cores']} cores, "
+        f"{m['ram_gb']} GB RAM; Python {m['python']}, torch {m['torch']}, Lightning {m['lightning']}.",
+        "Every comparison ran both sides in the same invocation; absolute times on a shared machine are noisy,",
+        "the ratios are the figures to read.",
+        "",
+    ]
+    if "overhead" in cpu:
+        out += ["## 1. Lightning overhead (CPU)", "",
+                "Our `train()` (default callbacks, CSV logger) against a plain PyTorch loop in `bench/overhead.py`: "
+                "same model, Collatz batches, AdamW groups, warmup-cosine, clipping 1.0, fp32. Target ratio <= 1.03.", "",
+                "| model | batch x block | plain ms/step | trainer ms/step | ratio |", "|---|---|---|---|---|"]
+        for r in cpu["overhead"]:
+            out.append(f"| {r['model']} | {r['batch']} x {r['block']} | {r['plain_ms']:.1f} | {r['trainer_ms']:.1f} | "
+                       f"{r['ratio']:.3f} |")
+        out.append("")
+    if "shakespeare" in cpu:
+        s = cpu["shakespeare"]
+        out += ["## 2. nanoGPT's CPU recipe (tiny-shakespeare)", "",
+                f"nanoGPT's figures were measured on this machine class (issue #6): {NANOGPT['ms_per_iter']} ms/iter, "
+                f"val loss {NANOGPT['val_loss']} at iter 2000, {NANOGPT['wall_s']:.0f} s in all.", "",
+                "| experiment | ms/iter (median) | vs nanoGPT | val loss | wall s (start-up included) | vs nanoGPT |",
+                "|---|---|---|---|---|---|"]
+        for r in s:
+            out.append(f"| {r['experiment']} | {r['ms_per_iter']:.1f} | {r['ms_per_iter'] / NANOGPT['ms_per_iter']:.3f} | "
+                       f"{r['val_loss']:.4f} | {r['wall_s']:.0f} | {r['wall_s'] / NANOGPT['wall_s']:.2f} |")
+        out.append("")
+    if "collatz" in cpu:
+        c = cpu["collatz"]
+        sp = c["speed"]
+        out += ["## 3. Collatz data", "",
+                "Vectorized generator (`collatz.parity_batch`) against the pure-Python per-number loop "
+                "(`collatz.reference_batch`), batch 512, max_len 256, same numbers, outputs checked equal:", "",
+                "| mode | vectorized samples/s | reference samples/s | speed-up |", "|---|---|---|---|"]
+        for mode in ("hard", "normal"):
+            r = sp[mode]
+            out.append(f"| {mode} | {r['vectorized_samples_per_s']:,.0f} | {r['reference_samples_per_s']:,.0f} | "
+                       f"{r['speedup']:.1f}x |")
+        d = c["default_run"]
+        out += ["", f"Default `python train.py` run (model=small, batch 64, num_workers 0): {d['ms_per_step']:.1f} ms/step, "
+                f"{d['samples_per_s']:,.0f} samples/s, waiting for data {100 * d['data_wait_fraction']:.1f}% of step time "
+                "(target < 5%).", ""]
+    if "memory" in cpu:
+        r = cpu["memory"]
+        out += ["## 4. Memory", "", f"Streaming {r['steps']} training windows from a {r['file_gb']:.1f} GB synthetic "
+                f"token memmap: resident memory grew {r['rss_growth_mb']:.1f} MB (target < 200 MB).", ""]
+    if "startup" in cpu:
+        r = cpu["startup"]
+        out += ["## 5. Start-up", "", f"`python train.py` to the end of the first training step: {r['startup_s']:.1f} s "
+                f"(median of {len(r['all'])}: {', '.join(f'{v:.1f}' for v in r['all'])}; target <= 12 s). "
+                f"Heavy optional packages imported by the Collatz run: {r['heavy_imported']}.", ""]
+    out += ["## 6. GPU", ""]
+    if not have_gpu:
+        out += ["This machine has no GPU; the figures below are the last recorded by `python -m bench.gpu` on a GPU "
+                "machine.", ""]
+    if gpu:
+        g = gpu["mfu"]
+        out += [f"Recorded {gpu['date']} on {gpu['device']} (torch {gpu['torch']}, Lightning {gpu['lightning']}).", "",
+                f"- `model=base` (GPT-2 124M shape), bf16, `model.compile=true`, block 1024, micro-batch {g['micro_batch']} "
+                f"(largest that fits): {g['ms_per_step']:.1f} ms/step, {g['tokens_per_s']:,.0f} tokens/s, "
+                f"**MFU {100 * g['mfu']:.1f}%** (989 TFLOP/s peak, {g['flops_per_token'] / 1e6:.0f} MFLOP/token; "
+                f"target >= 45%).", ""]
+        out += ["| Lightning overhead | batch | plain ms/step | trainer ms/step | ratio |", "|---|---|---|---|---|"]
+        for r in gpu["overhead"]:
+            out.append(f"| {r['model']} | {r['batch']} | {r['plain_ms']:.1f} | {r['trainer_ms']:.1f} | {r['ratio']:.3f} |")
+        out += ["", "| Collatz, batch 512 | ms/step | samples/s | data wait |", "|---|---|---|---|"]
+        for r in gpu["collatz"]:
+            out.append(f"| num_workers={r['num_workers']} | {r['ms_per_step']:.1f} | {r['samples_per_s']:,.0f} | "
+                       f"{100 * r['data_wait_fraction']:.1f}% |")
+        out.append("")
+    notes = ROOT / "bench" / "NOTES.md"
+    if notes.is_file():
+        out += [notes.read_text().strip(), ""]
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", default="", help="comma-separated sections: " + ",".join(SECTIONS))
+    args = ap.parse_args()
+    wanted = [s for s in args.only.split(",") if s] or list(SECTIONS)
+    cpu = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    cpu["machine"] = machine()
+    for name in wanted:
+        print(f"== {name}", flush=True)
+        cpu[name] = SECTIONS[name]()
+        print(json.dumps(cpu[name], indent=1), flush=True)
+        RESULTS.write_text(json.dumps(cpu, indent=1) + "\n")
+    gpu = json.loads(GPU_RESULTS.read_text()) if GPU_RESULTS.is_file() else None
+    text = render(cpu, gpu, torch.cuda.is_available())
+    (ROOT / "BENCHMARKS.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
