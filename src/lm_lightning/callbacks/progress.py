@@ -30,6 +30,14 @@ class ProgressBar(RichProgressBar):
             return trainer.max_steps * trainer.accumulate_grad_batches
         return total
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # Lightning's rich bar reads every progress-bar metric on every batch, and reading a
+        # logged tensor is a host-device sync. Update (and so sync) only every refresh_rate
+        # batches, and on the last one.
+        last = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
+        if (batch_idx + 1) % max(1, self.refresh_rate) == 0 or last:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
