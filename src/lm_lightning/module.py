@@ -75,7 +75,7 @@ class LMModule(pl.LightningModule):
         loss, parts = self._loss_fn(batch)
         # Logged tensors stay on the device; Lightning reads them when the progress bar
         # refreshes or loggers write. The per-objective parts only matter at log intervals.
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss)  # the progress bar reads it at refresh (see ProgressBar)
         if len(parts) > 1 and self._at_log_step():
             for name, value in parts.items():
                 self.log(f"train/{name}", value)
@@ -124,7 +124,7 @@ class LMModule(pl.LightningModule):
         if "next_token" in values:
             values["ppl"] = torch.exp(values["next_token"].clamp(max=50))
         for name, value in values.items():
-            self.log(f"{prefix}/{name}", value, prog_bar=(name == "loss"), sync_dist=False)
+            self.log(f"{prefix}/{name}", value, sync_dist=False)
         for metric in self.val_metrics.values():
             metric.reset()
 

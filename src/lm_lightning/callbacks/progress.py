@@ -17,6 +17,11 @@ from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.callbacks.progress.rich_progress import RichProgressBarTheme
 
 
+# What the bar shows, with short names that keep it on one line.
+BAR_METRICS = {"train/loss": "loss", "train/learning_rate": "lr", "train/samples_per_s": "samples/s",
+               "val/loss": "val_loss"}
+
+
 class ProgressBar(RichProgressBar):
     def __init__(self, refresh_rate: int = 10, leave: bool = True) -> None:
         super().__init__(refresh_rate=refresh_rate, leave=leave, theme=RichProgressBarTheme(metrics_format=".4g"))
@@ -41,12 +46,16 @@ class ProgressBar(RichProgressBar):
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
-        # Short names keep the bar on one line.
-        short = {"train/loss": "loss", "train/learning_rate": "lr", "train/samples_per_s": "samples/s",
-                 "val/loss": "val_loss"}
         out: dict[str, Any] = {"step": trainer.global_step}
-        for key, value in items.items():
-            out[short.get(key, key)] = value
+        out.update(items)
+        # Lightning converts every prog_bar=True metric to a Python number after *every*
+        # batch (a host sync each step), so the product logs with prog_bar=False and the bar
+        # reads these from callback_metrics itself, only when it refreshes.
+        metrics = trainer.callback_metrics
+        for key, short in BAR_METRICS.items():
+            if key in metrics:
+                value = metrics[key]
+                out[short] = value.item() if hasattr(value, "item") else value
         return out
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
@@ -133,7 +142,7 @@ class Throughput(pl.Callback):
                 "train/samples_per_s": self._interval_samples * world / dt,
                 "train/tokens_per_s": self._interval_tokens * world / dt,
             }
-            pl_module.log("train/samples_per_s", self.last["train/samples_per_s"], prog_bar=True)
+            pl_module.log("train/samples_per_s", self.last["train/samples_per_s"])
             pl_module.log("train/tokens_per_s", self.last["train/tokens_per_s"])
             if self._mfu_per_token is None:
                 model = getattr(pl_module, "model", None)
@@ -176,4 +185,4 @@ class LearningRate(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.optimizers and (trainer.global_step % self.log_every_n_steps == 0 or trainer.global_step == 1):
             lr = trainer.optimizers[0].param_groups[0]["lr"]
-            pl_module.log("train/learning_rate", lr, prog_bar=True)
+            pl_module.log("train/learning_rate", lr)
