@@ -226,6 +226,27 @@ def test_multirun_with_in_process_ddp_is_refused(monkeypatch, capsys, tmp_path):
         train_mod.refuse_multirun_ddp(["-m", "trainer=cpu,ddp_cpu"])
 
 
+def test_submitit_slurm_launcher_composes():
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = hydra_compose(config_name="train", return_hydra_config=True,
+                            overrides=["hydra/launcher=submitit_slurm", "run_name=sweep",
+                                       "hydra.launcher.gpus_per_node=4"])
+    launcher = cfg.hydra.launcher
+    assert launcher.timeout_min == 720, "our preset, not the plugin's bare default"
+    assert launcher.tasks_per_node == 4, "one task (rank) per GPU"
+    assert launcher.signal_delay_s > 0 and launcher.max_num_timeout == 0
+    built = instantiate(launcher)
+    assert type(built).__name__ == "SlurmLauncher" and built.params["tasks_per_node"] == 4
+    # Its jobs start as SLURM tasks: no in-process launch to refuse at submission time.
+    from lm_lightning import train as train_mod
+
+    train_mod.refuse_multirun_ddp(["-m", "hydra/launcher=submitit_slurm", "trainer=ddp_cpu", "optimizer.lr=1,2"])
+
+
 # -- end to end: real 2-process DDP runs -------------------------------------------------------
 PROBE = textwrap.dedent('''
     """Test probe loaded by every rank: initial weights, step-0 batch, loss and reduced gradients."""

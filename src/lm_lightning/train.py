@@ -363,6 +363,9 @@ def refuse_multirun_ddp(argv: list[str]) -> None:
     """
     if not any(a in ("-m", "--multirun") for a in argv):
         return
+    if any(a.startswith("hydra/launcher=") and a != "hydra/launcher=basic" for a in argv):
+        # Jobs start in fresh processes (SLURM tasks, ...); train() checks each job there.
+        return
     from hydra import compose, initialize_config_dir
 
     overrides = [a for a in argv if not a.startswith("-")]
