@@ -226,6 +226,21 @@ def test_multirun_with_in_process_ddp_is_refused(monkeypatch, capsys, tmp_path):
         train_mod.refuse_multirun_ddp(["-m", "trainer=cpu,ddp_cpu"])
 
 
+def test_separately_launched_ranks_need_run_name(monkeypatch, capsys, tmp_path):
+    """Under torchrun each rank composes its own timestamped directory: refuse before any is made."""
+    from lm_lightning import train as train_mod
+
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+                       "GROUP_RANK": "0"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(sys, "argv", ["train.py", "trainer=ddp_cpu", "model=tiny", f"paths.runs_root={tmp_path}/o"])
+    with pytest.raises(SystemExit) as exc:
+        train_mod.main()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(lines) == 1 and "run_name=NAME" in lines[0], lines
+    assert not (tmp_path / "o").exists()
+
+
 def test_submitit_slurm_launcher_composes():
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -312,6 +327,7 @@ def test_ddp_run_shares_one_run_dir_and_matches_single_process(tmp_path):
     assert log.count("run directory:") == 1
     assert "effective batch size: 8 = 4 micro-batch x 1 accumulation x 2 processes" in log
     assert proc.stdout.count("final validation metrics") == 1
+    assert proc.stdout.count("effective batch size: 8 = 4 micro-batch x 1 accumulation x 2 processes") == 1
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["global_step"] == 4
     assert summary["world_size"] == 2 and summary["effective_batch_size"] == 8

@@ -233,8 +233,10 @@ def log_effective_batch(trainer, datamodule) -> dict[str, int]:
     info = {"effective_batch_size": effective, "micro_batch_size": micro,
             "accumulate_grad_batches": accumulate, "world_size": world}
     if trainer.is_global_zero:
-        log.info("effective batch size: %d = %d micro-batch x %d accumulation x %d processes",
-                 effective, micro, accumulate, world)
+        line = (f"effective batch size: {effective} = {micro} micro-batch x {accumulate} accumulation"
+                f" x {world} processes")
+        print(line, flush=True)  # the console, where the user looks before a long run
+        log.info(line)  # train.log
     for logger in trainer.loggers:  # loggers write on rank 0 only
         logger.log_hyperparams(info)
     return info
