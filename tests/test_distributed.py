@@ -290,12 +290,16 @@ PROBE = textwrap.dedent('''
 ''')
 
 
+def _src_path(*first: str) -> str:
+    """PYTHONPATH for runs started in tmp_path: this checkout's src/ wins over any install."""
+    return os.pathsep.join([*first, str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])
+
+
 def _probe_env(tmp_path):
     probe_dir = tmp_path / "probe"
     probe_dir.mkdir()
     (probe_dir / "ddp_probe.py").write_text(PROBE)
-    path = os.pathsep.join([str(probe_dir), os.environ.get("PYTHONPATH", ""), str(ROOT / "src")])
-    return probe_dir, {"PYTHONPATH": path}
+    return probe_dir, {"PYTHONPATH": _src_path(str(probe_dir))}
 
 
 def _single_process_eval(module, dm):
@@ -377,34 +381,54 @@ def test_ddp_run_shares_one_run_dir_and_matches_single_process(tmp_path):
 @pytest.mark.skipif(not _has_reliability(), reason="auto-resume (run_name reruns) lands with the reliability branch")
 def test_ddp_run_resumes(tmp_path):
     args = [*DDP_ARGS, f"paths.runs_root={tmp_path / 'outputs'}", "run_name=resume"]
+    env = {"PYTHONPATH": _src_path()}
     first = run_train([*args, "trainer.max_steps=2", "trainer.val_check_interval=2"], cwd=tmp_path,
-                      timeout=DDP_TIMEOUT)
+                      timeout=DDP_TIMEOUT, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
-    second = run_train(args, cwd=tmp_path, timeout=DDP_TIMEOUT)
+    second = run_train(args, cwd=tmp_path, timeout=DDP_TIMEOUT, env=env)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "Resumed from step 2" in second.stdout + second.stderr
     summary = json.loads((tmp_path / "outputs" / "resume" / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["global_step"] == 4 and summary["world_size"] == 2
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(not _has_reliability(), reason="SIGTERM -> checkpoint + exit 143 lands with the reliability branch")
-def test_ddp_sigterm_leaves_checkpoint_and_exits(tmp_path):
+def test_ddp_sigterm_ends_every_rank(tmp_path):
+    """SIGTERM to rank 0 of an in-process DDP run ends both ranks within a bound (no hang).
+
+    With the reliability branch merged it must also leave a checkpoint and exit 143; before
+    that, Lightning 2.6 exits 0 without one (checked only once `resume` exists in the config).
+    """
     run = tmp_path / "outputs" / "term"
     cmd = [sys.executable, str(ROOT / "train.py"), *DDP_ARGS, f"paths.runs_root={tmp_path / 'outputs'}",
            "run_name=term", "trainer.max_steps=100000", "trainer.val_check_interval=1000"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
+                            env=dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=_src_path()),
+                            start_new_session=True)
     try:
         deadline = time.time() + DDP_TIMEOUT
-        metrics = run / "csv" / "metrics.csv"
+        metrics = run / "csv" / "metrics.csv"  # rows appear once both ranks are stepping
         while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) > 3):
             assert proc.poll() is None, "the run ended before it was signalled"
             time.sleep(0.5)
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=120)  # no hang: both ranks are gone within the bound
+        out, _ = proc.communicate(timeout=120)
+        for _ in range(60):  # rank 1 may outlive rank 0 by a moment, not more
+            if not _group_alive(proc.pid):
+                break
+            time.sleep(0.5)
+        assert not _group_alive(proc.pid), "a rank survived SIGTERM to the run"
     finally:
-        if proc.poll() is None:
+        if _group_alive(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 143, out[-3000:]
-    assert any((run / "checkpoints").glob("*.ckpt"))
+    if _has_reliability():
+        assert proc.returncode == 143, out[-3000:]
+        assert any((run / "checkpoints").glob("*.ckpt")), "SIGTERM must leave a checkpoint"
