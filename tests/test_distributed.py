@@ -403,7 +403,7 @@ def _group_alive(pgid: int) -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not _has_reliability(), reason=(
     "SIGTERM handling lands with the reliability branch; Lightning 2.6's own handler calls "
-    "dist.broadcast inside the signal handler and can deadlock DDP (seen: 1 hang in 4 runs)"))
+    "dist.broadcast inside the signal handler and can deadlock DDP (seen here: 2 hangs in 5 runs)"))
 def test_ddp_sigterm_ends_every_rank(tmp_path):
     """SIGTERM to rank 0 of an in-process DDP run leaves a checkpoint, exits 143, and ends both
     ranks within a bound (no hang). Run it several times when changing the signal handling:
