@@ -1,3 +1,4 @@
 from lm_lightning.train import main
 
-main()
+if __name__ == "__main__":  # spawned processes (ddp_spawn, spawn-started workers) re-import this file
+    main()

@@ -19,6 +19,15 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lm_lightning.distributed import (
+    MULTIRUN_DDP_MESSAGE,
+    build_bare_trainer,
+    effective_batch_size,
+    env_is_global_zero,
+    launches_in_process,
+    shared_run_dir_problem,
+    sweep_jobs,
+)
 from lm_lightning.errors import UserError, one_line, report_and_exit, user_errors
 
 log = logging.getLogger("lm_lightning")
@@ -92,6 +101,9 @@ def check(cfg: DictConfig) -> Checked:
         arch["vocab_size"] = int(datamodule.vocab_size) if arch.get("vocab_size") is None else arch["vocab_size"]
         model_cfg = ModelConfig.from_dict(arch)
         check_weights(OmegaConf.to_container(cfg.loss.weights), datamodule.objectives)
+        problem = shared_run_dir_problem(cfg)
+        if problem:
+            raise UserError(problem)
     return Checked(datamodule=datamodule, model_cfg=model_cfg, precision=precision)
 
 
@@ -159,10 +171,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # Pin the job directory before anything resolves ${paths.output_dir} (multirun jobs).
         cfg.paths.output_dir = str(run_dir)
     checked = check(cfg)
+    if _is_multirun() and launches_in_process(build_bare_trainer(cfg.trainer, checked.precision)):
+        # Backstop for sweepers main() cannot expand (e.g. Optuna); main() refuses the rest.
+        raise UserError(MULTIRUN_DDP_MESSAGE)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_run_config(cfg, run_dir)
-    handler = attach_file_log(run_dir)
-    print_config(cfg)
+    # Every rank runs this function in the same run directory; one writer per file.
+    rank_zero = env_is_global_zero()
+    handler = None
+    if rank_zero:
+        save_run_config(cfg, run_dir)
+        handler = attach_file_log(run_dir)
+        print_config(cfg)
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     enable_tf32()
@@ -185,8 +204,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = instantiate_group(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                           precision=checked.precision)
-    log.info("run directory: %s", run_dir)
-    log.info("model: %s parameters", f"{module.model.num_params():,}")
+    batch = log_effective_batch(trainer, datamodule)
+    if trainer.is_global_zero:
+        log.info("run directory: %s", run_dir)
+        log.info("model: %s parameters", f"{module.model.num_params():,}")
 
     start = time.time()
     status = "failed"
@@ -196,13 +217,39 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if cfg.get("test"):
             trainer.test(module, datamodule=datamodule, ckpt_path="best" if _has_best(trainer) else None)
     finally:
-        summary = write_summary(trainer, run_dir, status, time.time() - start)
-        logging.getLogger("lm_lightning").removeHandler(handler)
-        logging.getLogger("lightning.pytorch").removeHandler(handler)
+        summary = write_summary(trainer, run_dir, status, time.time() - start, extra=batch)
+        if handler is not None:
+            logging.getLogger("lm_lightning").removeHandler(handler)
+            logging.getLogger("lightning.pytorch").removeHandler(handler)
+            handler.close()
     if (status == "finished" and hasattr(datamodule, "baselines") and trainer.is_global_zero
             and any(k.startswith("val/") for k in summary["metrics"])):
         print_final_table(summary["metrics"], datamodule.baselines())
     return summary
+
+
+def _is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def log_effective_batch(trainer, datamodule) -> dict[str, int]:
+    """Print (rank 0) and log the samples per optimizer step; returned for summary.json."""
+    micro = int(getattr(datamodule, "batch_size", 0) or 0)
+    accumulate, world = int(trainer.accumulate_grad_batches), int(trainer.world_size)
+    effective = effective_batch_size(micro, accumulate, world)
+    info = {"effective_batch_size": effective, "micro_batch_size": micro,
+            "accumulate_grad_batches": accumulate, "world_size": world}
+    if trainer.is_global_zero:
+        line = (f"effective batch size: {effective} = {micro} micro-batch x {accumulate} accumulation"
+                f" x {world} processes")
+        print(line, flush=True)  # the console, where the user looks before a long run
+        log.info(line)  # train.log
+    for logger in trainer.loggers:  # loggers write on rank 0 only
+        logger.log_hyperparams(info)
+    return info
 
 
 def _has_best(trainer) -> bool:
@@ -214,7 +261,8 @@ def _scalar(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
 
 
-def write_summary(trainer, run_dir: Path, status: str, elapsed: float) -> dict[str, Any]:
+def write_summary(trainer, run_dir: Path, status: str, elapsed: float,
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
     from lm_lightning.callbacks.progress import Throughput
 
     ckpt = trainer.checkpoint_callback
@@ -228,6 +276,7 @@ def write_summary(trainer, run_dir: Path, status: str, elapsed: float) -> dict[s
         "last_checkpoint": (ckpt.last_model_path or None) if ckpt else None,
         "metrics": metrics,
         "elapsed_s": round(elapsed, 3),
+        **(extra or {}),
     }
     for cb in trainer.callbacks:
         if isinstance(cb, Throughput):
@@ -318,10 +367,47 @@ def precheck(argv: list[str]) -> None:
         report_and_exit(exc)
 
 
+def refuse_multirun_ddp(argv: list[str]) -> None:
+    """Exit 2 before Hydra starts a sweep whose jobs would launch DDP processes in-process.
+
+    Lightning's launcher re-runs ``sys.argv`` for every extra rank; with ``-m`` in it, each
+    rank would run the whole sweep again in new directories.
+    """
+    if not any(a in ("-m", "--multirun") for a in argv):
+        return
+    if any(a.startswith("hydra/launcher=") and a != "hydra/launcher=basic" for a in argv):
+        # Jobs start in fresh processes (SLURM tasks, ...); train() checks each job there.
+        return
+    from hydra import compose, initialize_config_dir
+
+    overrides = [a for a in argv if not a.startswith("-")]
+    try:
+        jobs = sweep_jobs(overrides)
+    except Exception:  # a sweep syntax only the sweeper knows: train() checks each job instead
+        return
+    seen: set[str] = set()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for job in jobs:
+            try:
+                cfg = compose(config_name="train", overrides=job)
+                key = OmegaConf.to_yaml(cfg.trainer)
+                if key in seen:
+                    continue
+                seen.add(key)
+                accelerator = str(cfg.trainer.get("accelerator", "auto"))
+                trainer = build_bare_trainer(cfg.trainer, resolve_precision(cfg.trainer.get("precision", "auto"),
+                                                                             accelerator))
+            except Exception:  # this job's own error is reported when the job runs
+                continue
+            if launches_in_process(trainer):
+                report_and_exit(UserError(MULTIRUN_DDP_MESSAGE))
+
+
 def main() -> None:
     if not CONF_DIR.is_dir():
         report_and_exit(UserError(f"config directory {CONF_DIR} not found; set LM_LIGHTNING_CONF"))
     precheck(sys.argv[1:])
+    refuse_multirun_ddp(sys.argv[1:])
     hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")(task)()
 
 

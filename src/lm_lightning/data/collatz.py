@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from lm_lightning import collatz
+from lm_lightning.errors import UserError
 from lm_lightning.objectives import IGNORE_INDEX
 
 # Validation numbers come from a separate seed and a distant normal-mode range, so they are
@@ -154,12 +155,31 @@ class CollatzDataModule(pl.LightningDataModule):
             return 0
         return trainer.global_step * trainer.accumulate_grad_batches
 
-    def _loader(self, dataset, workers: int) -> DataLoader:
+    def _loader(self, dataset, workers: int, sampler=None) -> DataLoader:
         pin = self.pin_memory if self.pin_memory is not None else torch.cuda.is_available()
         kwargs: dict[str, Any] = {}
         if workers > 0:
             kwargs = {"persistent_workers": True, "prefetch_factor": self.prefetch_factor}
-        return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin, **kwargs)
+        return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=workers, pin_memory=pin,
+                          **kwargs)
+
+    def _eval_sampler(self, dataset: Dataset):
+        """Rank r of R evaluates batches r, r + R, ...: the split once in total.
+
+        Left alone, Lightning would wrap this map-style set in a DistributedSampler, which
+        pads the last round by repeating batches, so some would count twice. Lightning keeps
+        any sampler that is already a DistributedSampler.
+        """
+        rank, world = self._rank()
+        if world <= 1:
+            return None
+        from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+        if len(dataset) < world:
+            # A rank without a single batch would skip the collective in DDP's first eval forward.
+            raise UserError(f"{len(dataset)} validation batches cannot be split over {world} ranks; "
+                             f"raise data.val_samples to at least {world * self.batch_size}")
+        return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank()
@@ -169,7 +189,7 @@ class CollatzDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         self.setup("validate")
-        return self._loader(self._val, 0)
+        return self._loader(self._val, 0, sampler=self._eval_sampler(self._val))
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
