@@ -15,15 +15,19 @@ from torch.optim.lr_scheduler import LambdaLR
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices only: biases and norm weights (1-D tensors) are excluded.
+    """Weight decay on matrices only: Linear and Embedding weights; biases and norm weights
+    are excluded.
 
-    Tied weights appear once because ``named_parameters`` de-duplicates shared tensors.
+    Chosen by module type rather than ``p.dim() >= 2`` because under FSDP the optimizer sees
+    flattened 1-D shards of every weight. Tied weights appear once (``named_parameters``
+    de-duplicates shared tensors).
     """
+    matrices = {id(m.weight) for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))}
     decay, no_decay = [], []
     for _, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if p.dim() >= 2 else no_decay).append(p)
+        (decay if id(p) in matrices else no_decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
