@@ -78,6 +78,23 @@ def base_overhead(runs_root: str, batch: int, steps: int = 40) -> dict:
     return {"model": "base", "batch": batch, "plain_ms": plain, "trainer_ms": ours, "ratio": ours / plain}
 
 
+def activation_checkpointing(runs_root: str, batch: int, steps: int = 30) -> list[dict]:
+    """The cost of model.activation_checkpointing=true: time per step against peak memory."""
+    from lm_lightning.train import train
+
+    out = []
+    for flag in (False, True):
+        torch.cuda.reset_peak_memory_stats()
+        ov = [*_base_overrides(batch, steps, False), f"model.activation_checkpointing={str(flag).lower()}",
+              f"paths.runs_root={runs_root}"]
+        with contextlib.redirect_stdout(None):
+            train(compose(ov))
+        t = timing.RESULTS["step_timer"]
+        out.append({"activation_checkpointing": flag, "batch": batch, "ms_per_step": t.ms_per_step,
+                    "peak_memory_gb": t.peak_memory_gb})
+    return out
+
+
 def collatz_gpu(runs_root: str, workers: int, steps: int = 150) -> dict:
     ov = ["data.batch_size=512", f"data.num_workers={workers}", "trainer.accelerator=gpu",
           "trainer.precision=bf16-mixed", f"trainer.max_steps={steps}", f"trainer.val_check_interval={10 * steps}",
@@ -113,6 +130,8 @@ def main() -> None:
                                            runs_root=args.runs_root)}]
     print(json.dumps(res["overhead"]), flush=True)
     res["collatz"] = [collatz_gpu(args.runs_root, w) for w in (0, 6)]
+    print(json.dumps(res["collatz"]), flush=True)
+    res["activation_checkpointing"] = activation_checkpointing(args.runs_root, 32)
     print(json.dumps(res["collatz"]), flush=True)
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
 

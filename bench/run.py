@@ -151,6 +151,12 @@ def render(cpu: dict, gpu: dict | None, have_gpu: bool) -> str:
             out.append(f"| num_workers={r['num_workers']} | {r['ms_per_step']:.1f} | {r['samples_per_s']:,.0f} | "
                        f"{100 * r['data_wait_fraction']:.1f}% |")
         out.append("")
+        if gpu.get("activation_checkpointing"):
+            out += ["| `model=base`, eager, bf16 | micro-batch | ms/step | peak GPU memory |", "|---|---|---|---|"]
+            for r in gpu["activation_checkpointing"]:
+                label = "activation checkpointing" if r["activation_checkpointing"] else "no checkpointing"
+                out.append(f"| {label} | {r['batch']} | {r['ms_per_step']:.1f} | {r['peak_memory_gb']:.1f} GB |")
+            out.append("")
     notes = ROOT / "bench" / "NOTES.md"
     if notes.is_file():
         out += [notes.read_text().strip(), ""]

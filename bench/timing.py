@@ -29,6 +29,7 @@ class StepTimer(pl.Callback):
         self.steps = 0
         self.data_wait = 0.0
         self._batch_end: float | None = None
+        self.peak_memory_gb: float | None = None
         RESULTS["step_timer"] = self
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -63,6 +64,8 @@ class StepTimer(pl.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         _sync(pl_module.device)
+        if pl_module.device.type == "cuda":
+            self.peak_memory_gb = torch.cuda.max_memory_allocated(pl_module.device) / 2**30
         self.t1 = time.perf_counter() if self._batch_end is None else self._batch_end
 
     @property
