@@ -87,6 +87,28 @@ def check(cfg: DictConfig) -> Checked:
     return Checked(datamodule=datamodule, model_cfg=model_cfg, precision=precision)
 
 
+def prepare_early(datamodule: Any) -> None:
+    """Download and tokenize text data before the run directory exists.
+
+    A dataset or tokenizer that cannot be fetched is then a user error (exit 2, nothing
+    written), not a crash inside fit. Only local rank 0 prepares, as Lightning's prepare_data
+    does; the other ranks find the cache. Lightning's own prepare_data call is then a cache hit.
+    """
+    if getattr(datamodule, "prepare_before_run", False) and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        with user_errors(OSError, ValueError):
+            datamodule.prepare_data()
+
+
+def init_weights(cfg: DictConfig, model_cfg: Any) -> dict[str, Any] | None:
+    """``model.init_from=gpt2``: Hugging Face GPT-2 weights, fetched before the run directory exists."""
+    name = cfg.model.get("init_from")
+    if not name:
+        return None
+    from lm_lightning.hf_gpt2 import pretrained_state
+
+    return pretrained_state(str(name), model_cfg)
+
+
 def instantiate_group(group: DictConfig | None) -> list[Any]:
     """Instantiate every entry of a callbacks/logger group that has a _target_."""
     from hydra.utils import instantiate
@@ -147,6 +169,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from lm_lightning.module import LMModule
 
     checked = check(cfg)
+    prepare_early(checked.datamodule)
+    init_state = init_weights(cfg, checked.model_cfg)
     run_dir = output_dir(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = str(run_dir)
@@ -167,6 +191,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         total_steps=max(0, max_steps),
     )
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    if init_state is not None:
+        module.model.load_state_dict(init_state, strict=False)
     if cfg.model.get("compile"):
         import torch
 
@@ -190,7 +216,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logging.getLogger("lm_lightning").removeHandler(handler)
         logging.getLogger("lightning.pytorch").removeHandler(handler)
     if status == "finished" and hasattr(datamodule, "baselines") and trainer.is_global_zero:
-        print_final_table(summary["metrics"], datamodule.baselines())
+        print_final_table(summary["metrics"], datamodule.baselines(), getattr(datamodule, "metric_titles", None))
     return summary
 
 
@@ -228,7 +254,8 @@ def write_summary(trainer, run_dir: Path, status: str, elapsed: float) -> dict[s
     return summary
 
 
-def print_final_table(metrics: dict[str, float], baselines: dict[str, float]) -> None:
+def print_final_table(metrics: dict[str, float], baselines: dict[str, float],
+                      titles: dict[str, str] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -247,6 +274,7 @@ def print_final_table(metrics: dict[str, float], baselines: dict[str, float]) ->
     for title, key, base_key, base_name, ref_key, ref_name in rows:
         if key not in metrics:
             continue
+        title = (titles or {}).get(key, title)
         base = f"{baselines[base_key]:.4f} ({base_name})" if base_key in baselines else ""
         ref = f"{baselines[ref_key]:.4f} ({ref_name})" if ref_key and ref_key in baselines else ""
         table.add_row(title, f"{metrics[key]:.4f}", base, ref)
