@@ -8,6 +8,7 @@ transformers is imported inside the functions.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,7 +37,9 @@ def hf_config(cfg: ModelConfig):
     return GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
                       n_layer=cfg.n_layer, n_head=cfg.n_head, n_inner=cfg.d_ff, activation_function="gelu_new",
                       resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
-                      layer_norm_epsilon=1e-5, tie_word_embeddings=True)
+                      layer_norm_epsilon=1e-5, tie_word_embeddings=True,
+                      bos_token_id=50256 if cfg.vocab_size > 50256 else None,
+                      eos_token_id=50256 if cfg.vocab_size > 50256 else None)
 
 
 def config_from_hf(hf_cfg: Any, block_size: int | None = None) -> ModelConfig:
@@ -89,6 +92,10 @@ def gpt_from_hf(hf_model: Any) -> GPT:
 
 def pretrained_state(name: str, cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """Hugging Face GPT-2 weights for ``model.init_from=NAME``, checked against the run's model."""
+    from lm_lightning.data.hub import ensure_mode
+
+    if not Path(name).is_dir():
+        ensure_mode()
     try:
         from transformers import GPT2LMHeadModel
 

@@ -208,6 +208,9 @@ class HubDataset:
             return self._cache[hub_split]
         import datasets
 
+        from lm_lightning.data.hub import ensure_mode
+
+        ensure_mode()
         try:
             ds = datasets.load_dataset(self.path, self.name, data_files=self.data_files, split=hub_split)
         except (ValueError, KeyError) as exc:

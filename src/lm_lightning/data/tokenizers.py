@@ -141,6 +141,9 @@ def hub_hint() -> str:
 
 def load_gpt2(name: str = "gpt2") -> HFTokenizer:
     """GPT-2's pretrained tokenizer from the Hugging Face cache or hub; one-line error offline."""
+    from lm_lightning.data.hub import ensure_mode
+
+    ensure_mode()
     try:
         from transformers import AutoTokenizer
 
