@@ -198,3 +198,19 @@ def test_init_from_hub_offline_is_user_error(tmp_path, monkeypatch):
     cfg = OmegaConf.create({"model": {"init_from": "gpt2"}})
     with pytest.raises(UserError, match="model.init_from=gpt2: weights could not be loaded"):
         init_weights(cfg, ModelConfig(pos_emb="learned", bias=True))
+
+
+def test_sampling_stays_within_top_k_and_nucleus():
+    from lm_lightning.model import sample_token
+
+    logits = torch.tensor([[0.0, 5.0, 4.0, 1.0, 3.0]]).repeat(400, 1)
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(sample_token(logits, 1.0, top_k=1, generator=gen).flatten(), torch.ones(400, dtype=torch.long))
+    picks = sample_token(logits, 1.0, top_k=3, generator=gen).flatten()
+    assert set(picks.tolist()) == {1, 2, 4}
+    # Nucleus: token 1 has ~64% of the mass, token 2 ~24%; top_p=0.7 keeps exactly those two.
+    picks = sample_token(logits, 1.0, top_p=0.7, generator=gen).flatten()
+    assert set(picks.tolist()) == {1, 2}
+    picks = sample_token(logits, 1.0, top_k=4, top_p=0.7, generator=gen).flatten()
+    assert set(picks.tolist()) == {1, 2}
+    assert torch.equal(sample_token(logits, 0.0).flatten(), torch.ones(400, dtype=torch.long))
