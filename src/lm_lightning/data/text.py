@@ -239,9 +239,11 @@ class TextDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset, start_fn=None) -> DataLoader:
         pin = self.pin_memory if self.pin_memory is not None else torch.cuda.is_available()
+        if start_fn is None:  # evaluation windows: a plain map-style loader (samplers work as usual)
+            return DataLoader(dataset, batch_size=None, num_workers=0, pin_memory=pin)
         # Workers are not persistent: each epoch hands them the current resume position.
-        return _EpochLoader(dataset, batch_size=None, num_workers=self.num_workers if start_fn else 0,
-                            pin_memory=pin, start_fn=start_fn)
+        return _EpochLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=pin,
+                            start_fn=start_fn)
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
