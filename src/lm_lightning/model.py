@@ -337,15 +337,16 @@ def sample_token(
     if temperature <= 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits / temperature
-    if top_k:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+    candidates = None  # (B, k) vocabulary ids when sampling among the top k only
+    if top_k and top_k < logits.shape[-1]:
+        # Sample among the k best only: sorting and softmax over k entries instead of the whole
+        # vocabulary keeps per-token cost flat for 50k-token vocabularies.
+        logits, candidates = torch.topk(logits, top_k)  # sorted, descending
     if top_p is not None and top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
+        if candidates is None:
+            logits, candidates = logits.sort(dim=-1, descending=True)
+        probs = logits.softmax(-1)
         # Drop a token when the mass before it already reaches top_p (always keep the first).
-        drop = (cum - sorted_logits.softmax(-1)) >= top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator)
+        logits = logits.masked_fill((probs.cumsum(-1) - probs) >= top_p, float("-inf"))
+    choice = torch.multinomial(logits.softmax(-1), 1, generator=generator)
+    return choice if candidates is None else candidates.gather(-1, choice)

@@ -107,6 +107,28 @@ def check(cfg: DictConfig) -> Checked:
     return Checked(datamodule=datamodule, model_cfg=model_cfg, precision=precision)
 
 
+def prepare_early(datamodule: Any) -> None:
+    """Download and tokenize text data before the run directory exists.
+
+    A dataset or tokenizer that cannot be fetched is then a user error (exit 2, nothing
+    written), not a crash inside fit. Only local rank 0 prepares, as Lightning's prepare_data
+    does; the other ranks find the cache. Lightning's own prepare_data call is then a cache hit.
+    """
+    if getattr(datamodule, "prepare_before_run", False) and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        with user_errors(OSError, ValueError):
+            datamodule.prepare_data()
+
+
+def init_weights(cfg: DictConfig, model_cfg: Any) -> dict[str, Any] | None:
+    """``model.init_from=gpt2``: Hugging Face GPT-2 weights, fetched before the run directory exists."""
+    name = cfg.model.get("init_from")
+    if not name:
+        return None
+    from lm_lightning.hf_gpt2 import pretrained_state
+
+    return pretrained_state(str(name), model_cfg)
+
+
 def instantiate_group(group: DictConfig | None) -> list[Any]:
     """Instantiate every entry of a callbacks/logger group that has a _target_."""
     from hydra.utils import instantiate
@@ -174,6 +196,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if _is_multirun() and launches_in_process(build_bare_trainer(cfg.trainer, checked.precision)):
         # Backstop for sweepers main() cannot expand (e.g. Optuna); main() refuses the rest.
         raise UserError(MULTIRUN_DDP_MESSAGE)
+    # Data preparation (tokenizing, downloads) and initial weights can fail on user input:
+    # both happen before the run directory is written to.
+    prepare_early(checked.datamodule)
+    init_state = init_weights(cfg, checked.model_cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     # Every rank runs this function in the same run directory; one writer per file.
     rank_zero = env_is_global_zero()
@@ -196,6 +222,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         total_steps=max(0, max_steps),
     )
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    if init_state is not None:
+        module.model.load_state_dict(init_state, strict=False)
     if cfg.model.get("compile"):
         # Compiles the forward and loss without wrapping modules: parameter names (and so
         # checkpoints) stay the same as without compile.
@@ -224,7 +252,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             handler.close()
     if (status == "finished" and hasattr(datamodule, "baselines") and trainer.is_global_zero
             and any(k.startswith("val/") for k in summary["metrics"])):
-        print_final_table(summary["metrics"], datamodule.baselines())
+        print_final_table(summary["metrics"], datamodule.baselines(), getattr(datamodule, "metric_titles", None))
     return summary
 
 
@@ -288,7 +316,8 @@ def write_summary(trainer, run_dir: Path, status: str, elapsed: float,
     return summary
 
 
-def print_final_table(metrics: dict[str, float], baselines: dict[str, float]) -> None:
+def print_final_table(metrics: dict[str, float], baselines: dict[str, float],
+                      titles: dict[str, str] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -307,6 +336,7 @@ def print_final_table(metrics: dict[str, float], baselines: dict[str, float]) ->
     for title, key, base_key, base_name, ref_key, ref_name in rows:
         if key not in metrics:
             continue
+        title = (titles or {}).get(key, title)
         base = f"{baselines[base_key]:.4f} ({base_name})" if base_key in baselines else ""
         ref = f"{baselines[ref_key]:.4f} ({ref_name})" if ref_key and ref_key in baselines else ""
         table.add_row(title, f"{metrics[key]:.4f}", base, ref)

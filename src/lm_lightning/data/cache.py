@@ -1,0 +1,133 @@
+"""Tokenize a split once into a flat uint16/uint32 token file; later runs reuse it.
+
+The cache file is keyed by (source identity, split, tokenizer): change a file, the split or
+the tokenizer and a new file is written; otherwise it is reused. Large splits are tokenized
+in several processes (each rebuilds the tokenizer from its plain spec), chunk by chunk, in
+order, with a bounded number of chunks in flight so memory stays small; a rich progress bar
+counts characters. Files are written under a temporary name and renamed when complete, so an
+interrupted run never leaves a truncated cache behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lm_lightning.data.tokenizers import from_spec
+from lm_lightning.data.tokens import dtype_for_vocab
+
+# Below this many bytes a split is tokenized in this process: starting workers costs more.
+PARALLEL_MIN_BYTES = 16 << 20
+
+
+def digest(obj: Any, n: int = 16) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+def tokenizer_key(spec: dict[str, Any]) -> dict[str, Any]:
+    """What identifies a tokenizer in a cache key (a BPE's JSON is hashed, not embedded)."""
+    out = {k: v for k, v in spec.items() if k != "json"}
+    if "json" in spec:
+        out["json_sha"] = digest(spec["json"], 32)
+    return out
+
+
+def cache_path(cache_dir: str | Path, identity: dict[str, Any], split: str, spec: dict[str, Any]) -> Path:
+    key = digest({"source": identity, "split": split, "tokenizer": tokenizer_key(spec)})
+    return Path(cache_dir) / f"{split}-{spec['kind']}-{key}.bin"
+
+
+_worker_tok = None
+
+
+def _init_worker(spec: dict[str, Any]) -> None:
+    global _worker_tok
+    _worker_tok = from_spec(spec)
+
+
+def _encode_chunk(text: str) -> np.ndarray:
+    return _worker_tok.encode_array(text)
+
+
+def _progress(total: int | None, description: str, enabled: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True), disable=not enabled, transient=True)
+
+
+def write_tokens(chunks: Iterator[str], tokenizer: Any, out: str | Path, vocab_size: int,
+                 workers: int = 1, total_chars: int | None = None, description: str = "tokenizing",
+                 meta: dict[str, Any] | None = None, progress: bool | None = None) -> dict[str, Any]:
+    """Tokenize text chunks into ``out`` (raw ids) plus an ``out.json`` sidecar; returns the sidecar."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dtype = dtype_for_vocab(vocab_size)
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+    count = 0
+    show = sys.stderr.isatty() if progress is None else progress
+    with open(tmp, "wb") as fh, _progress(total_chars, description, show) as bar:
+        task = bar.add_task(description, total=total_chars)
+
+        def emit(text_len: int, ids: np.ndarray) -> None:
+            nonlocal count
+            if ids.size and int(ids.max()) >= vocab_size:
+                raise ValueError(f"token id {int(ids.max())} >= vocab_size {vocab_size}")
+            fh.write(ids.astype(dtype).tobytes())
+            count += int(ids.size)
+            bar.advance(task, text_len)
+
+        if workers > 1:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn: a clean interpreter per worker (fork after torch/tokenizers threads is unsafe).
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                     initargs=(tokenizer.spec(),)) as pool:
+                pending: deque = deque()
+                for chunk in chunks:
+                    pending.append((len(chunk), pool.submit(_encode_chunk, chunk)))
+                    if len(pending) >= 2 * workers:
+                        n, fut = pending.popleft()
+                        emit(n, fut.result())
+                while pending:
+                    n, fut = pending.popleft()
+                    emit(n, fut.result())
+        else:
+            for chunk in chunks:
+                emit(len(chunk), tokenizer.encode_array(chunk))
+    side = {"dtype": dtype.name, "tokens": count, "vocab_size": int(vocab_size), "tokenizer": tokenizer.spec()}
+    side.update(meta or {})
+    side_tmp = Path(f"{tmp}.json")
+    side_tmp.write_text(json.dumps(side))
+    os.replace(tmp, out)
+    os.replace(side_tmp, Path(f"{out}.json"))
+    return side
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 1) - 1))
+
+
+def build_split(source: Any, split: str, tokenizer: Any, vocab_size: int, cache_dir: str | Path,
+                workers: int | None = None) -> Path:
+    """The cached token file of one split, tokenizing it first if needed."""
+    path = cache_path(cache_dir, source.identity(split), split, tokenizer.spec())
+    if path.is_file() and Path(f"{path}.json").is_file():
+        return path
+    size = source.size_bytes(split)
+    n = default_workers() if workers is None else max(1, int(workers))
+    if size < PARALLEL_MIN_BYTES:
+        n = 1
+    write_tokens(source.chunks(split), tokenizer, path, vocab_size, workers=n, total_chars=size or None,
+                 description=f"tokenizing {split}", meta={"source": source.identity(split), "split": split})
+    return path

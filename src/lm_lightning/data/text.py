@@ -1,0 +1,289 @@
+"""Text language modelling as a LightningDataModule: local text, hub datasets or token files.
+
+``prepare_data`` resolves the tokenizer (reads the characters, trains or reuses a BPE, loads
+GPT-2's) and tokenizes each split once into a cached token file; ``setup`` opens those files
+and the loaders cut windows from them (see :mod:`lm_lightning.data.tokens`). The tokenizer's
+plain spec is the module's ``state_dict()``, so it is stored in every checkpoint and
+evaluate / generate / export need nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+from lm_lightning.data import cache
+from lm_lightning.data.sources import SPLITS, HubDataset, TextFiles
+from lm_lightning.data.tokenizers import (
+    GPT2_VOCAB_SIZE,
+    KINDS,
+    ByteTokenizer,
+    CharTokenizer,
+    from_spec,
+    load_bpe_file,
+    load_gpt2,
+    save_bpe_file,
+    train_bpe,
+)
+from lm_lightning.data.tokens import RandomWindows, SequentialWindows, TokenFile, read_meta
+from lm_lightning.errors import UserError
+
+# RandomWindows has a length (one epoch) so that Lightning can count epochs and steps; each
+# worker draws distinct micro-batches, so the generic warning about duplicates does not apply.
+warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
+
+
+class _EpochLoader(DataLoader):
+    """Re-reads the resume position each time an epoch starts (workers get a fresh copy)."""
+
+    def __init__(self, *args: Any, start_fn: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.start_fn = start_fn
+
+    def __iter__(self):
+        if self.start_fn is not None:
+            self.dataset.start = self.start_fn()
+        return super().__iter__()
+
+
+class TextDataModule(pl.LightningDataModule):
+    task = "text"
+    objectives = ["next_token"]
+    # train() prepares (downloads, tokenizes) before creating the run directory.
+    prepare_before_run = True
+    metric_titles = {"val/next_token": "next-token cross-entropy (nats)", "val/next_token_acc": "next-token accuracy"}
+
+    def __init__(self, source: str = "text", tokenizer: dict[str, Any] | None = None,
+                 block_size: int = 256, batch_size: int = 32, eval_batch_size: int | None = None,
+                 eval_batches: int | None = None, num_workers: int = 0, seed: int = 0,
+                 cache_dir: str = ".cache/lm_lightning", prepare_workers: int | None = None,
+                 augment_p: float = 0.0, epoch_tokens: int | None = None,
+                 train_path: Any = None, val_path: Any = None, test_path: Any = None,
+                 val_fraction: float = 0.1, dtype: str | None = None, vocab_size: int | None = None,
+                 hf_path: str | None = None, hf_name: str | None = None, hf_data_files: Any = None,
+                 hf_splits: dict[str, str] | None = None, text_field: str = "text", separator: str = "\n",
+                 pin_memory: bool | None = None) -> None:
+        super().__init__()
+        if block_size < 1:
+            raise ValueError(f"data.block_size must be positive, got {block_size}")
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be positive, got {batch_size}")
+        if not 0.0 <= augment_p < 0.5:
+            raise ValueError(f"data.augment_p must be in [0, 0.5), got {augment_p}")
+        self.block_size, self.batch_size = int(block_size), int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.eval_batches = int(eval_batches) if eval_batches else None
+        self.num_workers, self.seed, self.augment_p = int(num_workers), int(seed), float(augment_p)
+        self.cache_dir, self.prepare_workers, self.epoch_tokens = Path(cache_dir), prepare_workers, epoch_tokens
+        self.pin_memory = pin_memory
+        self.tok_cfg = dict(tokenizer or {})
+        kind = self.tok_cfg.get("kind")
+        if source == "tokens":
+            self.source = None
+            self.token_paths = {"train": train_path, "val": val_path, "test": test_path}
+            if train_path is None or val_path is None:
+                raise UserError("data=tokens needs data.train_path and data.val_path (token files)")
+            self.files = {s: TokenFile(p, dtype) for s, p in self.token_paths.items() if p is not None}
+        elif source == "text":
+            self.source = TextFiles(train_path, val_path, test_path, val_fraction)
+        elif source == "hf":
+            self.source = HubDataset(hf_path, hf_name, hf_data_files, hf_splits, text_field, separator)
+        else:
+            raise ValueError(f"data.source must be text, hf or tokens, got {source!r}")
+        if self.source is not None and kind not in KINDS:
+            raise ValueError(f"tokenizer.kind must be one of {list(KINDS)}, got {kind!r}")
+        self.source_kind = source
+        self._vocab_size = int(vocab_size) if vocab_size else None
+        self._tokenizer = None
+        self.paths: dict[str, Path] = {}
+        self._datasets: dict[str, Any] = {}
+
+    # -- tokenizer ---------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        """The model's vocabulary: cheap where it can be (BPE: the configured size)."""
+        if self._vocab_size is None:
+            kind = self.tok_cfg.get("kind")
+            if self.source is None:
+                self._vocab_size = self._token_vocab()
+            elif kind == "bpe" and not self.tok_cfg.get("path"):
+                self._vocab_size = int(self.tok_cfg.get("vocab_size", 10000))
+            elif kind == "gpt2":
+                self._vocab_size = max(GPT2_VOCAB_SIZE, self.tokenizer.vocab_size)
+            else:
+                self._vocab_size = self.tokenizer.vocab_size
+        return self._vocab_size
+
+    def _token_vocab(self) -> int:
+        meta = read_meta(self.files["train"].path)
+        if meta.get("vocab_size"):
+            return int(meta["vocab_size"])
+        if self.tok_cfg.get("kind") in KINDS:
+            return self.tokenizer.vocab_size
+        raise UserError(f"{self.files['train'].path}: vocabulary size unknown; set data.vocab_size "
+                        f"(or tokenizer=... for the tokenizer that produced the ids)")
+
+    def use_tokenizer(self, tokenizer: Any, vocab_size: int | None = None) -> None:
+        """Tokenize with a given tokenizer (a checkpoint's) instead of building one from config."""
+        self._tokenizer = tokenizer
+        self._vocab_size = int(vocab_size or tokenizer.vocab_size)
+        self.paths, self._datasets = {}, {}
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = self._build_tokenizer()
+        return self._tokenizer
+
+    def _build_tokenizer(self):
+        kind = self.tok_cfg.get("kind")
+        if self.source is None:  # token files: the sidecar's tokenizer, else the configured one
+            spec = read_meta(self.files["train"].path).get("tokenizer")
+            if spec:
+                return from_spec(spec)
+            if kind not in KINDS or kind in ("char",):
+                return None
+        if kind == "byte":
+            return ByteTokenizer()
+        if kind == "gpt2":
+            return load_gpt2(self.tok_cfg.get("name") or "gpt2")
+        if kind == "char":
+            # nanoGPT's vocabulary: every character of the corpus (val/test characters included).
+            chars: set[str] = set()
+            for split in SPLITS:
+                for chunk in self.source.chunks(split):
+                    chars.update(chunk)
+            return CharTokenizer("".join(chars))
+        if kind == "bpe":
+            return self._bpe()
+        raise UserError(f"tokenizer.kind {kind!r} needs a text source")
+
+    def _bpe(self):
+        path = self.tok_cfg.get("path")
+        if path and Path(path).is_file():
+            return load_bpe_file(path)
+        size = int(self.tok_cfg.get("vocab_size", 10000))
+        if not path:
+            key = cache.digest({"source": self.source.identity("train"), "vocab_size": size,
+                                "min_frequency": self.tok_cfg.get("min_frequency", 2)})
+            path = self.cache_dir / f"tokenizer-bpe{size}-{key}.json"
+            if path.is_file():
+                return load_bpe_file(path)
+        tok = train_bpe(self.source.chunks("train"), size, int(self.tok_cfg.get("min_frequency", 2)))
+        save_bpe_file(tok, path)
+        return tok
+
+    # -- preparation -------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Tokenize every split into the cache (once; later runs reuse the files)."""
+        if self.source is None:
+            return
+        tok = self.tokenizer
+        for split in SPLITS:
+            if split == "test" and not self._has_test():
+                continue
+            self.paths[split] = cache.build_split(self.source, split, tok, self.vocab_size, self.cache_dir,
+                                                  self.prepare_workers)
+
+    def _has_test(self) -> bool:
+        if isinstance(self.source, HubDataset):
+            return "test" in self.source.splits
+        return True  # local text: the test split falls back to the validation split
+
+    def _token_file(self, split: str) -> TokenFile | None:
+        if self.source is None:
+            return self.files.get(split) or (self.files["val"] if split == "test" else None)
+        if split not in self.paths:
+            if split == "test" and not self._has_test():
+                return self._token_file("val")
+            self.paths[split] = cache.cache_path(self.cache_dir, self.source.identity(split), split,
+                                                 self.tokenizer.spec())
+            if not self.paths[split].is_file():
+                self.prepare_data()
+        return TokenFile(self.paths[split])
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in ("train", "val", "test"):
+            if split not in self._datasets:
+                self._datasets[split] = self._token_file(split)
+
+    def split_tokens(self, split: str) -> int:
+        self.setup()
+        return len(self._datasets[split])
+
+    # -- loaders -----------------------------------------------------------------------------
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _start_step(self) -> int:
+        """Micro-batches this rank has already consumed (non-zero after a resume)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        return trainer.global_step * trainer.accumulate_grad_batches
+
+    def steps_per_epoch(self) -> int:
+        """Micro-batches per epoch: one pass over the training tokens (or data.epoch_tokens)."""
+        _, world = self._rank()
+        tokens = int(self.epoch_tokens or self.split_tokens("train"))
+        steps = math.ceil(tokens / (self.batch_size * self.block_size * world))
+        accum = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
+        return max(accum, math.ceil(steps / accum) * accum)
+
+    def _loader(self, dataset, start_fn=None) -> DataLoader:
+        pin = self.pin_memory if self.pin_memory is not None else torch.cuda.is_available()
+        if start_fn is None:  # evaluation windows: a plain map-style loader (samplers work as usual)
+            return DataLoader(dataset, batch_size=None, num_workers=0, pin_memory=pin)
+        # Workers are not persistent: each epoch hands them the current resume position.
+        return _EpochLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=pin,
+                            start_fn=start_fn)
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        rank, world = self._rank()
+        stream = RandomWindows(self._datasets["train"], self.batch_size, self.block_size, self.seed,
+                               self.steps_per_epoch(), rank=rank, world_size=world, start=self._start_step(),
+                               augment_p=self.augment_p)
+        return self._loader(stream, start_fn=self._start_step)
+
+    def val_dataloader(self, capped: bool = True) -> DataLoader:
+        self.setup("validate")
+        return self._loader(SequentialWindows(self._datasets["val"], self.eval_batch_size, self.block_size,
+                                              self.eval_batches if capped else None))
+
+    def test_dataloader(self) -> DataLoader:
+        self.setup("test")
+        return self._loader(SequentialWindows(self._datasets["test"], self.eval_batch_size, self.block_size))
+
+    # -- checkpoint state: the tokenizer travels with the weights ----------------------------
+    def state_dict(self) -> dict[str, Any]:
+        tok = self.tokenizer
+        return {"tokenizer": tok.spec() if tok is not None else None, "vocab_size": int(self.vocab_size),
+                "block_size": self.block_size, "source": self.source_kind}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("tokenizer")
+        tok = self.tokenizer
+        if saved and tok is not None and cache.tokenizer_key(saved) != cache.tokenizer_key(tok.spec()):
+            raise UserError("the checkpoint was trained with a different tokenizer than this run's "
+                            f"({saved.get('kind')} vs {tok.kind}); resume with the same data and tokenizer")
+
+    # -- baselines for the final table -------------------------------------------------------
+    def baselines(self) -> dict[str, float]:
+        """Unigram entropy of the validation tokens (nats): what a context-free model scores."""
+        import numpy as np
+
+        self.setup("validate")
+        f = self._datasets["val"]
+        counts = np.zeros(self.vocab_size, dtype=np.int64)
+        for s in range(0, len(f), 1 << 22):
+            counts += np.bincount(f.read(s, min(1 << 22, len(f) - s)), minlength=self.vocab_size)[: self.vocab_size]
+        p = counts[counts > 0] / counts.sum()
+        return {"next_token_unigram": float(-(p * np.log(p)).sum())}

@@ -1,0 +1,218 @@
+"""Token files on disk and the windows that batches are cut from.
+
+A token file is a flat array of uint16 or uint32 ids: ``.npy`` (dtype in its header) or raw
+``.bin`` / ``.ids`` (dtype from a ``<file>.json`` sidecar written by ``prepare tokenize``, or
+from ``data.dtype``). Windows are read with positional reads (``os.pread``), never through a
+long-lived memory map: resident memory stays flat however large the file, and each
+dataloader worker opens its own file descriptor on first use (nothing is copied to workers).
+
+Training windows are random contiguous ``block_size + 1`` tokens; micro-batch ``s`` of rank
+``r`` (of ``R``) draws its starts from a generator seeded by ``(seed, s, r)``, so a resumed
+run sees exactly the batches an uninterrupted one would, and ranks differ. Evaluation
+windows are sequential and non-overlapping and cover the whole split: every token after the
+first is predicted exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from lm_lightning.errors import UserError
+from lm_lightning.objectives import IGNORE_INDEX
+
+DTYPES = {"uint16": np.uint16, "uint32": np.uint32, "int32": np.int32, "int64": np.int64}
+
+
+def dtype_for_vocab(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The ``<file>.json`` sidecar written next to a token file (empty when there is none)."""
+    side = Path(f"{path}.json")
+    if not side.is_file():
+        return {}
+    try:
+        return json.loads(side.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {side}: {exc}") from exc
+
+
+class TokenFile:
+    """A flat token array read by position. Picklable: the descriptor is reopened per process."""
+
+    def __init__(self, path: str | Path, dtype: str | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UserError(f"token file not found: {self.path}")
+        self.offset = 0
+        if self.path.suffix == ".npy":
+            arr = np.load(self.path, mmap_mode="r")
+            if arr.ndim != 1:
+                raise UserError(f"{self.path}: expected a 1-D token array, got shape {arr.shape}")
+            self.dtype, self.offset = arr.dtype, int(arr.offset)
+            del arr
+        else:
+            name = dtype or read_meta(self.path).get("dtype")
+            if name is None:
+                raise UserError(f"{self.path}: token dtype unknown (no {self.path.name}.json sidecar); "
+                                f"set data.dtype=uint16 or data.dtype=uint32")
+            if str(name) not in DTYPES:
+                raise UserError(f"data.dtype must be one of {list(DTYPES)}, got {name!r}")
+            self.dtype = np.dtype(DTYPES[str(name)])
+        size = self.path.stat().st_size - self.offset
+        if size % self.dtype.itemsize:
+            raise UserError(f"{self.path}: size {size} is not a multiple of {self.dtype} ({self.dtype.itemsize} bytes)")
+        self.length = size // self.dtype.itemsize
+        self._fd: int | None = None
+        self._pid = -1
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_fd"], state["_pid"] = None, -1
+        return state
+
+    def _descriptor(self) -> int:
+        if self._fd is None or self._pid != os.getpid():
+            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        return self._fd
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        """Tokens [start, start + count) as int64."""
+        nbytes = count * self.dtype.itemsize
+        pos = self.offset + start * self.dtype.itemsize
+        fd = self._descriptor()
+        if hasattr(os, "pread"):
+            buf = os.pread(fd, nbytes, pos)
+        else:  # pragma: no cover - Windows
+            os.lseek(fd, pos, os.SEEK_SET)
+            buf = os.read(fd, nbytes)
+        if len(buf) != nbytes:
+            raise UserError(f"{self.path}: short read at token {start} (file changed?)")
+        return np.frombuffer(buf, dtype=self.dtype).astype(np.int64)
+
+    def max_id(self, block: int = 1 << 24) -> int:
+        """Largest id in the file, streamed block by block."""
+        m = 0
+        for s in range(0, self.length, block):
+            m = max(m, int(self.read(s, min(block, self.length - s)).max()))
+        return m
+
+    def close(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = None
+
+
+def augment(window: np.ndarray, rng: np.random.Generator, p: float, length: int) -> np.ndarray | None:
+    """Random deletion then duplication of tokens with probability p (the guides' recipe)."""
+    keep = window[rng.random(window.shape[0]) >= p]
+    dup = rng.random(keep.shape[0]) < p
+    out = np.repeat(keep, 1 + dup.astype(np.int64))
+    return out[:length] if out.shape[0] >= length else None
+
+
+class RandomWindows(IterableDataset):
+    """Endless-by-epochs training stream of random windows; see the module docstring.
+
+    An epoch is ``steps_per_epoch`` micro-batches of the global stream (about one pass over
+    the split's tokens). ``start`` is the first micro-batch to produce (the resume position);
+    the iterator stops at the end of the epoch that contains it.
+    """
+
+    def __init__(self, tokens: TokenFile, batch_size: int, block_size: int, seed: int,
+                 steps_per_epoch: int, rank: int = 0, world_size: int = 1, start: int = 0,
+                 augment_p: float = 0.0) -> None:
+        if len(tokens) < block_size + 2:
+            raise UserError(f"{tokens.path}: {len(tokens)} tokens is too few for data.block_size={block_size}")
+        self.tokens, self.batch_size, self.block_size = tokens, batch_size, block_size
+        self.seed, self.steps_per_epoch = seed, max(1, steps_per_epoch)
+        self.rank, self.world_size, self.start, self.augment_p = rank, world_size, start, augment_p
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        """Micro-batch ``step`` of this rank: a pure function of (seed, step, rank)."""
+        rng = np.random.default_rng([self.seed, step, self.rank])
+        T = self.block_size + 1
+        # With augmentation read twice the length: deletions must still leave T tokens.
+        span = 2 * T if self.augment_p > 0 else T
+        span = min(span, len(self.tokens))
+        starts = rng.integers(0, len(self.tokens) - span + 1, size=self.batch_size)
+        rows = []
+        for s in starts:
+            w = self.tokens.read(int(s), span)
+            if self.augment_p > 0:
+                a = augment(w, rng, self.augment_p, T)
+                w = a if a is not None else w[:T]
+            rows.append(w)
+        x = torch.from_numpy(np.stack(rows))
+        return {"input_ids": x[:, :-1].contiguous(), "labels": x[:, 1:].contiguous()}
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        end = (self.start // self.steps_per_epoch + 1) * self.steps_per_epoch
+        for step in range(self.start + worker, end, workers):
+            yield self.batch(step)
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+
+class SequentialWindows(Dataset):
+    """Non-overlapping windows covering the split, served as batches (item i = batch i).
+
+    Window k holds tokens [k*T, k*T + T + 1). The tail that does not fill a window gets one
+    more window aligned to the end of the file, whose already-predicted positions are masked
+    with -100, so each token after the first is a label exactly once. ``max_batches`` keeps
+    that many batches spread evenly over the split (a cheap, representative estimate during
+    training); None keeps all.
+    """
+
+    def __init__(self, tokens: TokenFile, batch_size: int, block_size: int,
+                 max_batches: int | None = None) -> None:
+        n, T = len(tokens), block_size
+        if n < 2:
+            raise UserError(f"{tokens.path}: an evaluation split needs at least 2 tokens, got {n}")
+        self.tokens, self.batch_size = tokens, batch_size
+        self.T = min(T, n - 1)
+        full = (n - 1) // self.T
+        starts = [k * self.T for k in range(full)]
+        self.masked: dict[int, int] = {}
+        covered = full * self.T  # labels for positions 1..covered are done
+        if covered < n - 1:
+            tail = n - 1 - self.T
+            starts.append(tail)
+            self.masked[tail] = covered - tail  # label positions already covered
+        self.starts = np.asarray(starts, dtype=np.int64)
+        n_batches = math.ceil(len(self.starts) / batch_size)
+        self.batches = [self.starts[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
+        if max_batches is not None and 0 < max_batches < n_batches:
+            keep = np.unique(np.linspace(0, n_batches - 1, max_batches).round().astype(int))
+            self.batches = [self.batches[i] for i in keep]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def num_labels(self) -> int:
+        return sum(self.T - self.masked.get(int(s), 0) for b in self.batches for s in b)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        rows = [self.tokens.read(int(s), self.T + 1) for s in self.batches[i]]
+        x = torch.from_numpy(np.stack(rows))
+        labels = x[:, 1:].clone()
+        for r, s in enumerate(self.batches[i]):
+            m = self.masked.get(int(s), 0)
+            if m:
+                labels[r, :m] = IGNORE_INDEX
+        return {"input_ids": x[:, :-1].contiguous(), "labels": labels}
