@@ -22,8 +22,9 @@ def _sync(device: torch.device) -> None:
 class StepTimer(pl.Callback):
     """Mean wall time per optimizer step over steps [warmup, end), synchronising only twice."""
 
-    def __init__(self, warmup: int = 5) -> None:
-        self.warmup = warmup
+    def __init__(self, warmup: int = 5, out: str | None = None) -> None:
+        self.warmup, self.out = warmup, out
+        self.intervals: list[float] = []  # batch end to batch end, each step after warm-up
         self.t0: float | None = None
         self.t1: float | None = None
         self.steps = 0
@@ -60,13 +61,30 @@ class StepTimer(pl.Callback):
             if trainer.global_step >= trainer.max_steps:
                 _sync(pl_module.device)  # the last step's kernels must be finished
             self.steps = trainer.global_step - self.warmup
-            self._batch_end = time.perf_counter()
+            now = time.perf_counter()
+            if self._batch_end is not None:
+                self.intervals.append(now - self._batch_end)
+            self._batch_end = now
 
     def on_train_end(self, trainer, pl_module) -> None:
         _sync(pl_module.device)
         if pl_module.device.type == "cuda":
             self.peak_memory_gb = torch.cuda.max_memory_allocated(pl_module.device) / 2**30
         self.t1 = time.perf_counter() if self._batch_end is None else self._batch_end
+        if self.out:
+            import json
+
+            with open(self.out, "w") as f:
+                json.dump({"ms_per_step": self.ms_per_step, "median_ms": self.median_ms,
+                           "data_wait_fraction": self.data_wait_fraction, "steps": self.steps}, f)
+
+    @property
+    def median_ms(self) -> float:
+        """Median step-to-step time: like nanoGPT's per-iteration dt, evaluations fall outside it."""
+        if not self.intervals:
+            return float("nan")
+        v = sorted(self.intervals)
+        return 1000.0 * v[len(v) // 2]
 
     @property
     def ms_per_step(self) -> float:

@@ -15,7 +15,8 @@ from lm_lightning.train import check, instantiate_group
 
 # Groups whose options are exercised elsewhere (experiments have their own smoke test) or that
 # configure Hydra itself.
-SKIP_GROUPS = {"experiment", "hydra", "hparams_search"}
+# Tokenizers are composed with every data source in test_text_train and tested in test_tokenizers.
+SKIP_GROUPS = {"experiment", "hydra", "hparams_search", "tokenizer"}
 GPU_ONLY = object()
 
 
@@ -30,7 +31,26 @@ def options():
 
 def fixture_overrides(group: str, option: str, tmp_path) -> list[str]:
     """Overrides that make an option runnable offline (local files in place of downloads)."""
-    return []
+    if group != "data" or option in ("collatz", "synthetic"):
+        return []
+    from test_text_train import corpus, wikitext_files
+
+    if option == "text":
+        text = tmp_path / "input.txt"
+        text.write_text(corpus(300))
+        return [f"data.train_path={text}"]
+    if option == "tokens":
+        import numpy as np
+
+        paths = []
+        for i, split in enumerate(("train", "val")):
+            path = tmp_path / f"{split}.bin"
+            np.random.default_rng(i).integers(0, 256, 5000, dtype=np.uint16).tofile(path)
+            paths.append(path)
+        return [f"data.train_path={paths[0]}", f"data.val_path={paths[1]}", "data.dtype=uint16", "tokenizer=byte"]
+    # Hub datasets: the same `datasets` loading path over local files in WikiText's schema.
+    splits = ("train", "validation") if option == "tinystories" else ("train", "validation", "test")
+    return ["data.hf_path=parquet", f"data.hf_data_files={wikitext_files(tmp_path, splits)}", "tokenizer=byte"]
 
 
 @pytest.mark.parametrize("group,option", list(options()), ids=lambda v: str(v))
