@@ -84,3 +84,9 @@ def test_collatz_recipe_carries_the_guide_hyperparameters():
     gpu = compose(["experiment=collatz", "trainer=rtx3060"])
     assert gpu.data.batch_size == 512 and gpu.trainer.accumulate_grad_batches == 1
     assert gpu.trainer.precision == "bf16-mixed"
+
+
+def test_command_line_presets_win_over_the_experiment():
+    # `python train.py -m experiment=collatz model=small,medium` must really sweep the model size.
+    for preset, width in (("small", 128), ("medium", 384)):
+        assert compose(["experiment=collatz", f"model={preset}"]).model.n_embd == width

@@ -41,7 +41,22 @@ def index_path(runs_root: str | Path) -> Path:
 def config_hash(cfg: DictConfig | dict) -> str:
     """A short hash of what the run trains: same hash, same hyperparameters."""
     data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    data = {k: v for k, v in data.items() if k not in _UNHASHED}
+    paths = data.get("paths") or {}
+    # Resolved values that embed the run's own directory (checkpoint dirpath, logger save_dir).
+    places = sorted({str(paths[k]) for k in ("output_dir", "run_dir", "runs_root") if paths.get(k)}, key=len,
+                    reverse=True)
+
+    def scrub(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: scrub(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [scrub(x) for x in v]
+        if isinstance(v, str):
+            for place in places:
+                v = v.replace(place, "<run>")
+        return v
+
+    data = scrub({k: v for k, v in data.items() if k not in _UNHASHED})
     blob = json.dumps(data, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -195,22 +210,30 @@ def _when(t: Any) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if isinstance(t, int | float) else "-"
 
 
-def print_table(runs: list[dict[str, Any]], metrics: list[str]) -> None:
+def varying_overrides(runs: list[dict[str, Any]]) -> list[str]:
+    """Per run, the overrides that are not shared by every listed run: what tells the runs apart."""
+    sets = [set(r.get("overrides") or []) for r in runs]
+    common = set.intersection(*sets) if len(sets) > 1 else set()
+    return [" ".join(o for o in (r.get("overrides") or []) if o not in common) for r in runs]
+
+
+def print_table(runs: list[dict[str, Any]], metrics: list[str], root: str | Path = ".") -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{len(runs)} runs")
-    for col in ("run", "experiment", "status", "step", "best", *metrics, "overrides", "started", "minutes"):
-        table.add_column(col, justify="right" if col in ("step", "best", "minutes") or col in metrics else "left")
-    for r in runs:
+    for col in ("run", "experiment", "status", "step", "best", *metrics, "overrides", "started", "min", "error"):
+        table.add_column(col, justify="right" if col in ("step", "best", "min") or col in metrics else "left")
+    for r, overrides in zip(runs, varying_overrides(runs)):
         minutes = (r["end"] - r["start"]) / 60 if finite(r.get("end")) and finite(r.get("start")) else None
-        status = r.get("status", "-") + (f" ({r['error']})" if r.get("error") else "")
+        error = (r.get("error") or "")[:60]
         table.add_row(
-            os.path.relpath(r.get("run_dir", "-")), _fmt(r.get("experiment")), status, _fmt(r.get("global_step")),
-            _fmt(r.get("best_metric")), *[_fmt((r.get("metrics") or {}).get(m)) for m in metrics],
-            " ".join(r.get("overrides") or []), _when(r.get("start")), _fmt(minutes),
+            os.path.relpath(r.get("run_dir", "-"), root), _fmt(r.get("experiment")), r.get("status", "-"),
+            _fmt(r.get("global_step")), _fmt(r.get("best_metric")),
+            *[_fmt((r.get("metrics") or {}).get(m)) for m in metrics], overrides, _when(r.get("start")),
+            _fmt(minutes), error,
         )
-    Console(width=200).print(table)
+    Console(width=240).print(table)
 
 
 def plot(runs: list[dict[str, Any]], metric: str, path: Path) -> Path:
@@ -220,11 +243,10 @@ def plot(runs: list[dict[str, Any]], metric: str, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pairs = [(r, (r.get("metrics") or {}).get(metric)) for r in runs]
-    pairs = [(r, v) for r, v in pairs if finite(v)]
-    labels = [" ".join(r.get("overrides") or []) or Path(r["run_dir"]).name for r, _ in pairs]
-    fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(pairs) + 2), 4))
-    ax.bar(range(len(pairs)), [v for _, v in pairs], color="tab:blue")
+    pairs = [(r, o) for r, o in zip(runs, varying_overrides(runs)) if finite((r.get("metrics") or {}).get(metric))]
+    labels = [(o or Path(r["run_dir"]).name)[:40] for r, o in pairs]
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(pairs) + 2), 4.5))
+    ax.bar(range(len(pairs)), [r["metrics"][metric] for r, _ in pairs], color="tab:blue")
     ax.set_xticks(range(len(pairs)), labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} by run (failed runs left out)")
@@ -258,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.sort(key=lambda r: (not finite((r.get("metrics") or {}).get(args.metric)),
                                  sign * ((r.get("metrics") or {}).get(args.metric) or 0.0)))
         extra = sorted({k for r in runs for k in (r.get("metrics") or {}) if k.startswith("val/")} - {args.metric})
-        print_table(runs, [args.metric, *extra[:3]])
+        print_table(runs, [args.metric, *extra[:2]], args.root)
         if not args.no_plot:
             out = plot(runs, args.metric, Path(args.plot) if args.plot else Path(args.root) / "runs_comparison.png")
             print(f"plot: {out}")
