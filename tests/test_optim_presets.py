@@ -157,3 +157,12 @@ def test_plateau_reduces_lr_after_validations_without_improvement(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "pl" / "csv" / "metrics.csv")))
     lrs = [float(r["train/learning_rate"]) for r in rows if r.get("train/learning_rate")]
     assert lrs[0] == pytest.approx(1e-3) and min(lrs) < 1e-3, lrs
+
+
+def test_lookahead_state_travels_in_lightning_checkpoints(tmp_path):
+    cfg = compose([*TINY, "optimizer=lookahead", "optimizer.lookahead.k=2", "trainer.max_steps=3",
+                   "trainer.val_check_interval=3", "logger=none", f"paths.runs_root={tmp_path}", "run_name=la"])
+    summary = train(cfg)
+    ckpt = torch.load(summary["last_checkpoint"], map_location="cpu", weights_only=True)
+    (state,) = ckpt["optimizer_states"]
+    assert state["fast_steps"] == 3 and state["k"] == 2 and state["slow"] and state["inner"]["state"]
