@@ -132,7 +132,8 @@ def record_end(cfg: DictConfig, run_id: str, run_dir: Path, summary: dict[str, A
     status, reason = end_status(cfg, summary)
     if error is not None:
         status = "failed" if status in ("running", "finished") else status
-        reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        text = str(error).strip()
+        reason = type(error).__name__ + (f": {text.splitlines()[0]}" if text else "")
     best = summary.get("best_score")
     if best is None:
         best = summary.get("metrics", {}).get(_metric_name(cfg) or "")
