@@ -150,6 +150,7 @@ def test_failed_sweep_job_returns_none_and_is_recorded(monkeypatch, tmp_path, fa
     cfg = compose([f"paths.runs_root={tmp_path}", "run_name=job"])
 
     def fake_train(cfg):
+        (tmp_path / "job").mkdir(exist_ok=True)
         if failure == "oom":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return {"status": "finished", "metrics": {"val/loss": float("nan")}}
@@ -160,6 +161,7 @@ def test_failed_sweep_job_returns_none_and_is_recorded(monkeypatch, tmp_path, fa
     if failure == "oom":
         (rec,) = runs.read_runs(tmp_path)
         assert rec["status"] == "failed" and "out of memory" in rec["error"]
+        assert "OutOfMemoryError" in (tmp_path / "job" / "traceback.txt").read_text()
         monkeypatch.setattr(train_mod, "_is_multirun", lambda: False)
         with pytest.raises(torch.cuda.OutOfMemoryError):  # a single run fails loudly
             train_mod.task(cfg)

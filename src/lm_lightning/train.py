@@ -316,7 +316,15 @@ def _failed_job(cfg: DictConfig, exc: BaseException) -> None:
             runs.record_failure(cfg, output_dir(cfg), exc)
         except Exception as record_exc:  # the index must never take the sweep down
             log.warning("could not record the failed job in the runs index: %s", record_exc)
-    print(f"error: job {_job_num()} failed: {one_line(exc)}", file=sys.stderr, flush=True)
+    where = ""
+    run_dir = output_dir(cfg)
+    if not isinstance(exc, UserError) and run_dir.is_dir():
+        # Not the user's mistake: keep the traceback with the job for debugging.
+        import traceback
+
+        (run_dir / "traceback.txt").write_text("".join(traceback.format_exception(exc)))
+        where = f" (traceback in {run_dir / 'traceback.txt'})"
+    print(f"error: job {_job_num()} failed: {one_line(exc)}{where}", file=sys.stderr, flush=True)
     return None
 
 
