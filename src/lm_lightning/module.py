@@ -12,7 +12,7 @@ import torchmetrics
 
 from lm_lightning.model import GPT, ModelConfig
 from lm_lightning.objectives import HEADS, IGNORE_INDEX, multi_task_loss
-from lm_lightning.optim import build_optimizer
+from lm_lightning.optim import build_optimizer, lightning_scheduler
 
 
 class LMModule(pl.LightningModule):
@@ -173,4 +173,4 @@ class LMModule(pl.LightningModule):
         if total <= 0:
             total = int(self.trainer.estimated_stepping_batches)
         scheduler = self.scheduler_factory(optimizer, total_steps=total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": lightning_scheduler(scheduler, self._trainer)}

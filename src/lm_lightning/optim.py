@@ -1,57 +1,162 @@
-"""Parameter groups and learning-rate schedules.
+"""Parameter groups, optimizer techniques and learning-rate schedules.
 
 Optimizers and schedulers come from Hydra as ``_partial_`` factories; this module decides
-which parameters get weight decay and what the schedule looks like over optimizer steps.
+which parameters get weight decay, which are frozen, how the learning rate scales per layer
+and what the schedule looks like over optimizer steps. The techniques (``lookahead``,
+``layer_decay``, ``freeze_embeddings``, ``freeze_layers``) are keys of the optimizer config
+that :func:`build_optimizer` takes out before calling the torch optimizer.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
+
+from lm_lightning.lookahead import Lookahead
+
+TECHNIQUE_KEYS = ("lookahead", "layer_decay", "freeze_embeddings", "freeze_layers")
+_BLOCK = re.compile(r"(?:^|\.)h\.(\d+)\.")
+_EMBEDDING = re.compile(r"(?:^|\.)(wte|wpe)\.")
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def layer_id(name: str, n_layer: int) -> int:
+    """0 for embeddings, i + 1 for block i, n_layer + 1 for the final norm and the heads.
+
+    Works on names with wrapper prefixes (``model.``, ``_orig_mod.``) because it matches path parts.
+    """
+    if _EMBEDDING.search(name):
+        return 0
+    m = _BLOCK.search(name)
+    if m:
+        return int(m.group(1)) + 1
+    return n_layer + 1
+
+
+def _n_layer(model: torch.nn.Module) -> int:
+    ids = [int(m.group(1)) for n, _ in model.named_parameters() if (m := _BLOCK.search(n))]
+    return max(ids) + 1 if ids else 0
+
+
+def freeze(model: torch.nn.Module, embeddings: bool = False, layers: int = 0) -> int:
+    """Discriminative fine-tuning: stop gradients to the embeddings and blocks ``0..layers-1``.
+
+    With tied weights the output head shares the token embedding, so freezing embeddings freezes
+    it too. Returns the number of frozen tensors.
+    """
+    n_layer = _n_layer(model)
+    if layers < 0 or layers > n_layer:
+        raise ValueError(f"optimizer.freeze_layers must be in [0, {n_layer}] (the model's layers), got {layers}")
+    frozen = 0
+    for name, p in model.named_parameters():
+        lid = layer_id(name, n_layer)
+        if (embeddings and lid == 0) or 1 <= lid <= layers:
+            p.requires_grad_(False)
+            frozen += 1
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("every parameter is frozen; lower optimizer.freeze_layers or unset freeze_embeddings")
+    return frozen
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, layer_decay: float | None = None,
+                 lr: float | None = None) -> list[dict[str, Any]]:
     """Weight decay on matrices only: Linear and Embedding weights; biases and norm weights
-    are excluded.
+    are excluded. Chosen by module type rather than ``p.dim() >= 2`` because under FSDP the
+    optimizer sees flattened 1-D shards of every weight.
 
-    Chosen by module type rather than ``p.dim() >= 2`` because under FSDP the optimizer sees
-    flattened 1-D shards of every weight. Tied weights appear once (``named_parameters``
-    de-duplicates shared tensors).
+    Tied weights appear once because ``named_parameters`` de-duplicates shared tensors. With
+    ``layer_decay`` (and ``lr``), each layer gets its own groups at ``lr * layer_decay ** depth``,
+    depth counted from the top: the head and final norm learn at ``lr``, the last block at
+    ``lr * layer_decay``, ..., the embeddings at ``lr * layer_decay ** (n_layer + 1)``.
     """
     matrices = {id(m.weight) for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))}
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
+    if layer_decay is None or float(layer_decay) == 1.0:
+        decay, no_decay = [], []
+        for _, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (decay if id(p) in matrices else no_decay).append(p)
+        return [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+    if not 0.0 < float(layer_decay) <= 1.0:
+        raise ValueError(f"optimizer.layer_decay must be in (0, 1], got {layer_decay}")
+    if lr is None:
+        raise ValueError("layer_decay needs the base learning rate")
+    n_layer = _n_layer(model)
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if id(p) in matrices else no_decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+        lid = layer_id(name, n_layer)
+        decays = id(p) in matrices
+        scale = float(layer_decay) ** (n_layer + 1 - lid)
+        g = groups.setdefault((lid, decays), {"params": [], "weight_decay": weight_decay if decays else 0.0,
+                                              "lr": lr * scale, "lr_scale": scale, "layer": lid})
+        g["params"].append(p)
+    return [groups[k] for k in sorted(groups)]
+
+
+def split_techniques(factory: Callable[..., torch.optim.Optimizer]) -> tuple[Callable, dict[str, Any]]:
+    """Separate the technique keys from the torch optimizer's own arguments."""
+    keywords = dict(getattr(factory, "keywords", {}) or {})
+    techniques = {k: keywords.pop(k) for k in TECHNIQUE_KEYS if k in keywords}
+    func = getattr(factory, "func", factory)
+    args = getattr(factory, "args", ())
+    return functools.partial(func, *args, **keywords), techniques
+
+
+def check_techniques(opt_cfg: Mapping[str, Any], n_layer: int) -> None:
+    """Validate technique values against the model before any expensive work (raises ValueError)."""
+    la = opt_cfg.get("lookahead") or {}
+    if la and int(la.get("k", 0) or 0) > 0:
+        Lookahead.check(int(la["k"]), float(la.get("alpha", 0.5)))
+    decay = opt_cfg.get("layer_decay")
+    if decay is not None and not 0.0 < float(decay) <= 1.0:
+        raise ValueError(f"optimizer.layer_decay must be in (0, 1], got {decay}")
+    layers = int(opt_cfg.get("freeze_layers") or 0)
+    if not 0 <= layers <= n_layer:
+        raise ValueError(f"optimizer.freeze_layers must be in [0, {n_layer}] (model.n_layer), got {layers}")
 
 
 def build_optimizer(factory: Callable[..., torch.optim.Optimizer], model: torch.nn.Module,
                     device: torch.device, allow_fused: bool = True) -> torch.optim.Optimizer:
     """Call a (partial) optimizer factory with decay/no-decay groups; fused AdamW on CUDA.
 
-    ``allow_fused=False`` under fp16 loss scaling: a fused optimizer unscales gradients inside
-    its step, after clipping would already have seen them scaled.
+    Applies the techniques found in the factory's keywords: freezing, layer-wise lr decay and
+    the Lookahead wrapper. ``allow_fused=False`` under fp16 loss scaling: a fused optimizer
+    unscales gradients inside its step, after clipping would already have seen them scaled.
     """
-    keywords = dict(getattr(factory, "keywords", {}) or {})
+    factory, techniques = split_techniques(factory)
+    keywords = dict(factory.keywords)
     lr = keywords.get("lr")
     if lr is not None and not float(lr) > 0:
         raise ValueError(f"optimizer.lr must be positive, got {lr}")
-    groups = param_groups(model, float(keywords.get("weight_decay", 0.0)))
+    if techniques.get("freeze_embeddings") or int(techniques.get("freeze_layers") or 0):
+        freeze(model, bool(techniques.get("freeze_embeddings")), int(techniques.get("freeze_layers") or 0))
+    groups = param_groups(model, float(keywords.get("weight_decay", 0.0)), techniques.get("layer_decay"),
+                          float(lr) if lr is not None else None)
     extra: dict[str, Any] = {}
-    target = getattr(factory, "func", factory)
+    target = factory.func
     if target in (torch.optim.AdamW, torch.optim.Adam) and keywords.get("fused") is None:
         # Fused kernels: one launch for all parameters instead of a loop per tensor.
         extra["fused"] = allow_fused and device.type == "cuda"
-    return factory(groups, **extra)
+    optimizer = factory(groups, **extra)
+    la = techniques.get("lookahead") or {}
+    if la and int(la.get("k", 0) or 0) > 0:
+        optimizer = Lookahead(optimizer, k=int(la["k"]), alpha=float(la.get("alpha", 0.5)))
+    return optimizer
+
+
+def _base_lr(optimizer: torch.optim.Optimizer) -> float:
+    # With layer-wise decay param_groups[0] is the embeddings' scaled lr; the constructor's lr is the top.
+    return float(optimizer.defaults.get("lr", optimizer.param_groups[0]["lr"]))
 
 
 class WarmupCosine:
@@ -73,11 +178,74 @@ class WarmupCosine:
         return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 100,
-                  min_lr: float | None = None, min_lr_ratio: float = 0.1) -> LambdaLR:
-    """Linear warmup then cosine decay to ``min_lr`` (absolute) or ``min_lr_ratio`` * lr."""
-    base_lr = optimizer.param_groups[0]["lr"]
+class WarmupLinear(WarmupCosine):
+    """Linear warmup to 1, then linear decay to ``floor`` at ``total_steps``."""
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / (self.warmup_steps + 1)
+        decay_steps = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / decay_steps)
+        return 1.0 - (1.0 - self.floor) * progress
+
+
+class WarmupConstant(WarmupCosine):
+    """Linear warmup to 1, then constant."""
+
+    def __call__(self, step: int) -> float:
+        return (step + 1) / (self.warmup_steps + 1) if step < self.warmup_steps else 1.0
+
+
+def _floor(optimizer: torch.optim.Optimizer, min_lr: float | None, min_lr_ratio: float) -> float:
+    base_lr = _base_lr(optimizer)
     floor = (min_lr / base_lr) if min_lr is not None else min_lr_ratio
     if not 0.0 <= floor <= 1.0:
         raise ValueError(f"scheduler.min_lr ({min_lr}) must lie between 0 and optimizer.lr ({base_lr})")
-    return LambdaLR(optimizer, WarmupCosine(warmup_steps, total_steps, floor))
+    return floor
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 100,
+                  min_lr: float | None = None, min_lr_ratio: float = 0.1) -> LambdaLR:
+    """Linear warmup then cosine decay to ``min_lr`` (absolute) or ``min_lr_ratio`` * lr."""
+    return LambdaLR(optimizer, WarmupCosine(warmup_steps, total_steps, _floor(optimizer, min_lr, min_lr_ratio)))
+
+
+def warmup_linear(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 100,
+                  min_lr: float | None = None, min_lr_ratio: float = 0.0) -> LambdaLR:
+    """Linear warmup then linear decay to ``min_lr`` (absolute) or ``min_lr_ratio`` * lr."""
+    return LambdaLR(optimizer, WarmupLinear(warmup_steps, total_steps, _floor(optimizer, min_lr, min_lr_ratio)))
+
+
+def constant(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0) -> LambdaLR:
+    """Constant learning rate after an optional linear warmup."""
+    return LambdaLR(optimizer, WarmupConstant(warmup_steps, total_steps, 1.0))
+
+
+def plateau(optimizer: torch.optim.Optimizer, total_steps: int, monitor: str, mode: str = "min",
+            factor: float = 0.5, patience: int = 2, threshold: float = 1e-4,
+            min_lr: float = 0.0) -> ReduceLROnPlateau:
+    """Reduce the lr by ``factor`` after ``patience`` validations without improvement of ``monitor``.
+
+    ``total_steps`` is accepted for a uniform factory signature and ignored.
+    """
+    if not monitor:
+        raise ValueError("scheduler=plateau needs scheduler.monitor (a logged metric such as val/loss)")
+    sched = ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience,
+                              threshold=threshold, min_lr=min_lr)
+    sched.monitor = monitor  # read by lightning_scheduler() to fill Lightning's config
+    return sched
+
+
+def lightning_scheduler(scheduler: Any, trainer: Any) -> dict[str, Any]:
+    """The lr_scheduler entry Lightning wants: per step, or after each validation for plateau."""
+    if not isinstance(scheduler, ReduceLROnPlateau):
+        return {"scheduler": scheduler, "interval": "step"}
+    val_every = getattr(trainer, "val_check_interval", None) if trainer is not None else None
+    by_steps = trainer is not None and getattr(trainer, "check_val_every_n_epoch", 1) is None
+    if by_steps and isinstance(val_every, int):
+        # Validation runs every `val_every` micro-batches: step right after it, when the metric is fresh.
+        return {"scheduler": scheduler, "monitor": scheduler.monitor, "interval": "step",
+                "frequency": val_every, "strict": True}
+    every = getattr(trainer, "check_val_every_n_epoch", 1) or 1
+    return {"scheduler": scheduler, "monitor": scheduler.monitor, "interval": "epoch",
+            "frequency": int(every), "strict": True}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -71,6 +72,7 @@ def check(cfg: DictConfig) -> Checked:
 
     from lm_lightning.model import ModelConfig
     from lm_lightning.objectives import check_weights
+    from lm_lightning.optim import check_techniques
 
     with user_errors(ValueError, TypeError, KeyError, FileNotFoundError, ImportError):
         try:
@@ -104,6 +106,7 @@ def check(cfg: DictConfig) -> Checked:
         problem = shared_run_dir_problem(cfg)
         if problem:
             raise UserError(problem)
+        check_techniques(OmegaConf.to_container(cfg.optimizer), model_cfg.n_layer)
     return Checked(datamodule=datamodule, model_cfg=model_cfg, precision=precision)
 
 
@@ -186,6 +189,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     import lightning.pytorch as pl
     from hydra.utils import instantiate
 
+    from lm_lightning import runs
     from lm_lightning.module import LMModule
 
     run_dir = output_dir(cfg)
@@ -237,6 +241,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("run directory: %s", run_dir)
         log.info("model: %s parameters", f"{module.model.num_params():,}")
 
+    run_id = runs.record_start(cfg, run_dir) if _is_rank_zero() else None
     start = time.time()
     status = "failed"
     try:
@@ -246,6 +251,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             trainer.test(module, datamodule=datamodule, ckpt_path="best" if _has_best(trainer) else None)
     finally:
         summary = write_summary(trainer, run_dir, status, time.time() - start, extra=batch)
+        if run_id is not None:
+            runs.record_end(cfg, run_id, run_dir, summary, error=sys.exc_info()[1])
         if handler is not None:
             logging.getLogger("lm_lightning").removeHandler(handler)
             logging.getLogger("lightning.pytorch").removeHandler(handler)
@@ -344,15 +351,70 @@ def print_final_table(metrics: dict[str, float], baselines: dict[str, float],
 
 
 def task(cfg: DictConfig) -> float | None:
-    """Hydra task: a user error ends this job with one line and exit 2."""
+    """Hydra task: a user error ends this job with one line and exit 2.
+
+    In a multirun a failed job (invalid combination, out of memory, NaN) is recorded as failed
+    and returns None, which Optuna records as a failed trial, so the sweep goes on.
+    """
     run_dir_existed = _run_dir_has_content(cfg)
+    multirun = _is_multirun()
     try:
         summary = train(cfg)
     except UserError as exc:
         _remove_empty_run_dir(cfg, run_dir_existed)
-        report_and_exit(exc)
+        if not multirun:
+            report_and_exit(exc)
+        return _failed_job(cfg, exc)
+    except Exception as exc:
+        if not multirun:
+            raise
+        return _failed_job(cfg, exc)
     value = summary["metrics"].get(cfg.get("optimized_metric") or "", None)
+    if multirun and (value is None or not math.isfinite(float(value))):
+        print(f"warning: job {_job_num()} ended with {cfg.get('optimized_metric')}={value}; "
+              "counted as a failed trial", file=sys.stderr, flush=True)
+        return None
     return value
+
+
+def _is_rank_zero() -> bool:
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def _is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _job_num() -> Any:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().job.get("num") if HydraConfig.initialized() else None
+
+
+def _failed_job(cfg: DictConfig, exc: BaseException) -> None:
+    """Record a failed sweep job (unless train() already did) and say so in one line."""
+    from lm_lightning import runs
+
+    if _is_rank_zero():
+        try:
+            runs.record_failure(cfg, output_dir(cfg), exc)
+        except Exception as record_exc:  # the index must never take the sweep down
+            log.warning("could not record the failed job in the runs index: %s", record_exc)
+    where = ""
+    run_dir = output_dir(cfg)
+    if not isinstance(exc, UserError) and run_dir.is_dir():
+        # Not the user's mistake: keep the traceback with the job for debugging.
+        import traceback
+
+        (run_dir / "traceback.txt").write_text("".join(traceback.format_exception(exc)))
+        where = f" (traceback in {run_dir / 'traceback.txt'})"
+    print(f"error: job {_job_num()} failed: {one_line(exc)}{where}", file=sys.stderr, flush=True)
+    return None
 
 
 def _run_dir_has_content(cfg: DictConfig) -> bool:
