@@ -41,11 +41,16 @@ def fixture_overrides(experiment: str, tmp_path: Path) -> list[str]:
     cfg = compose([f"experiment={experiment}"])
     target = str(cfg.data.get("_target_", ""))
     kind = target.rsplit(".", 1)[-1]
-    if kind not in FIXTURES:
+    if kind not in FIXTURES and kind != "TextDataModule":
         raise LookupError(
             f"experiment {experiment!r} uses data module {target!r}, which has no offline fixture; "
             f"add one to FIXTURES in tests/test_experiments.py"
         )
+    if kind == "TextDataModule":
+        # Local files in the hub datasets' schema and local tokenizers, per experiment.
+        from test_text_train import experiment_overrides
+
+        return experiment_overrides(experiment, tmp_path)
     return FIXTURES[kind](tmp_path)
 
 

@@ -89,13 +89,10 @@ def tokenizer_for(config: dict[str, Any] | None, datamodule_state: dict[str, Any
         from lm_lightning.data.parity import ParityTokenizer
 
         return ParityTokenizer()
-    # >>> text tokenizers: the single call site. lm_lightning.data.tokenizers.from_state(state) rebuilds the
-    # tokenizer from the data module state stored in the checkpoint (provided by the text data work).
-    try:
-        from lm_lightning.data.tokenizers import from_state
-    except ImportError:
-        return None
-    return from_state(datamodule_state)
+    # Text runs: the data module's checkpointed state carries the tokenizer spec.
+    from lm_lightning.data.tokenizers import from_spec
+
+    return from_spec((datamodule_state or {}).get("tokenizer"))
 
 
 def load_best(path: str | Path, metric: str | None = None):
