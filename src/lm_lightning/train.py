@@ -148,6 +148,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     checked = check(cfg)
     run_dir = output_dir(cfg)
+    resume_plan = plan_resume_or_fresh(cfg, run_dir, checked)
     with open_dict(cfg):
         cfg.paths.output_dir = str(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -163,7 +164,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         model=model_cfg,
         loss_weights={k: v for k, v in cfg.loss.weights.items() if k in datamodule.objectives},
         optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        scheduler=scheduler_factory(cfg),
         total_steps=max(0, max_steps),
     )
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
@@ -173,25 +174,71 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         module.model = torch.compile(module.model)
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
+    # max_time is enforced by RunControl (a budget per invocation, with a checkpoint at the end).
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                          precision=checked.precision)
+                          precision=checked.precision, max_time=None)
     log.info("run directory: %s", run_dir)
     log.info("model: %s parameters", f"{module.model.num_params():,}")
 
     start = time.time()
-    status = "failed"
+    status, outcome = "failed", None
     try:
-        trainer.fit(module, datamodule=datamodule)
-        status = "finished"
-        if cfg.get("test"):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=announce_resume(trainer, resume_plan),
+                    weights_only=True)
+        outcome = run_outcome(trainer)
+        status = outcome[0]
+        if cfg.get("test") and status == "finished":
             trainer.test(module, datamodule=datamodule, ckpt_path="best" if _has_best(trainer) else None)
     finally:
-        summary = write_summary(trainer, run_dir, status, time.time() - start)
+        extra = {"stop_reason": outcome[1], "exit_code": outcome[2]} if outcome else {}
+        summary = write_summary(trainer, run_dir, status, time.time() - start, extra)
         logging.getLogger("lm_lightning").removeHandler(handler)
         logging.getLogger("lightning.pytorch").removeHandler(handler)
     if status == "finished" and hasattr(datamodule, "baselines") and trainer.is_global_zero:
         print_final_table(summary["metrics"], datamodule.baselines())
     return summary
+
+
+def plan_resume_or_fresh(cfg: DictConfig, run_dir: Path, checked: Checked):
+    """Resolve resume/overwrite/ckpt_path before anything is written (user errors exit 2)."""
+    from lm_lightning.resume import apply_overwrite, plan_resume
+
+    plan = plan_resume(cfg, run_dir, checked.model_cfg.to_dict())
+    apply_overwrite(cfg, run_dir)
+    return plan
+
+
+def precheck_resume(cfg: DictConfig, checked: Checked) -> None:
+    """The resume decision, checked before Hydra creates the run directory (no side effects)."""
+    from lm_lightning.resume import plan_resume
+
+    plan_resume(cfg, Path(cfg.paths.output_dir), checked.model_cfg.to_dict())
+
+
+def announce_resume(trainer, plan) -> str | None:
+    if plan.path is None:
+        return None
+    if trainer.is_global_zero:
+        msg = f"Resumed from step {plan.global_step} ({plan.path})"
+        print(msg, flush=True)
+        log.info(msg)
+    return str(plan.path)
+
+
+def scheduler_factory(cfg: DictConfig):
+    """The scheduler partial; ``fit_to_time`` is RunControl's option, not the scheduler's."""
+    from hydra.utils import instantiate
+
+    if not cfg.get("scheduler"):
+        return None
+    sched = OmegaConf.masked_copy(cfg.scheduler, [k for k in cfg.scheduler if k != "fit_to_time"])
+    return instantiate(sched)
+
+
+def run_outcome(trainer):
+    from lm_lightning.callbacks.control import run_outcome as outcome
+
+    return outcome(trainer)
 
 
 def _has_best(trainer) -> bool:
@@ -203,7 +250,8 @@ def _scalar(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
 
 
-def write_summary(trainer, run_dir: Path, status: str, elapsed: float) -> dict[str, Any]:
+def write_summary(trainer, run_dir: Path, status: str, elapsed: float,
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
     from lm_lightning.callbacks.progress import Throughput
 
     ckpt = trainer.checkpoint_callback
@@ -215,8 +263,10 @@ def write_summary(trainer, run_dir: Path, status: str, elapsed: float) -> dict[s
         "best_checkpoint": (ckpt.best_model_path or None) if ckpt else None,
         "best_score": _scalar(ckpt.best_model_score) if ckpt and ckpt.best_model_score is not None else None,
         "last_checkpoint": (ckpt.last_model_path or None) if ckpt else None,
+        "final_model": (getattr(ckpt, "final_model_path", "") or None) if ckpt else None,
         "metrics": metrics,
         "elapsed_s": round(elapsed, 3),
+        **(extra or {}),
     }
     for cb in trainer.callbacks:
         if isinstance(cb, Throughput):
@@ -261,6 +311,8 @@ def task(cfg: DictConfig) -> float | None:
     except UserError as exc:
         _remove_empty_run_dir(cfg, run_dir_existed)
         report_and_exit(exc)
+    if summary.get("exit_code"):
+        raise SystemExit(summary["exit_code"])  # 143 after SIGTERM, 130 after SIGINT
     value = summary["metrics"].get(cfg.get("optimized_metric") or "", None)
     return value
 
@@ -302,7 +354,8 @@ def precheck(argv: list[str]) -> None:
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         report_and_exit(UserError(one_line(exc).split(" Config search path")[0]))
     try:
-        check(cfg)
+        checked = check(cfg)
+        precheck_resume(cfg, checked)
     except UserError as exc:
         report_and_exit(exc)
 
