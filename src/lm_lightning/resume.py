@@ -10,6 +10,7 @@ before the run directory is touched, so a bad choice is a one-line user error.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ log = logging.getLogger("lm_lightning")
 MODES = ("auto", "never", "must")
 # Files a resume can never start from: weights-only final models and unfinished writes.
 NOT_RESUMABLE = ("final.ckpt",)
+STEP = re.compile(r"step-?(\d+)$")
 
 
 @dataclass
@@ -32,12 +34,19 @@ class ResumePlan:
     skipped: tuple[Path, ...] = ()
 
 
+def _order(p: Path) -> tuple:
+    """`last.ckpt` first (it always names the newest training state); then by step, a training-time
+    save (``step-N``) before a validation-time one (``best-stepN``) of the same step; then by age."""
+    m = STEP.search(p.stem)
+    return (p.name == "last.ckpt", int(m.group(1)) if m else -1, p.name.startswith("step-"), p.stat().st_mtime_ns)
+
+
 def candidates(ckpt_dir: Path) -> list[Path]:
-    """Checkpoints newest first (by modification time; `last.ckpt` first among equals)."""
+    """Resumable checkpoints, newest first."""
     if not ckpt_dir.is_dir():
         return []
     files = [p for p in ckpt_dir.glob("*.ckpt") if p.is_file() and p.name not in NOT_RESUMABLE]
-    return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt"), reverse=True)
+    return sorted(files, key=_order, reverse=True)
 
 
 def validate(path: Path, model_arch: dict[str, Any] | None) -> dict[str, Any]:

@@ -173,8 +173,12 @@ class Checkpointing(Checkpoint):
         self.best_model_path, best = ranked[0]
         self.best_model_score = torch.tensor(best)
         self._write(trainer, path)
-        self._last_saved_step = trainer.global_step
-        self._point_last(trainer, path)
+        if trainer.global_step != self._last_saved_step:
+            # When this step was already saved during training (a periodic save, or the stop
+            # that triggered this validation), `last` keeps that one: its RNG state is the
+            # training-time state that an uninterrupted run continues from.
+            self._last_saved_step = trainer.global_step
+            self._point_last(trainer, path)
         for old in evicted:  # only once the better one is on disk
             if trainer.is_global_zero and old != str(path):
                 Path(old).unlink(missing_ok=True)

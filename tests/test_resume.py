@@ -1,0 +1,149 @@
+"""Exact auto-resume, and where a run starts (resume=auto|never|must, ckpt_path)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from reliability_helpers import compose, read_losses, train_run
+
+from lm_lightning.errors import UserError
+from lm_lightning.resume import candidates, plan_resume
+
+# One entry per data module. Each is (overrides, name); token data (branch `text`) joins by adding
+# its overrides here, e.g. ["data=tokens", "data.path=..."] with a fixture that writes the tokens.
+DATASETS = {
+    "collatz": ["model.dropout=0.1"],  # dropout > 0, so the restored RNG state matters
+}
+
+
+def run_with_losses(tmp_path: Path, name: str, overrides: list[str], loss_file: Path) -> dict:
+    return train_run(tmp_path, [*overrides, f"+callbacks.recorder._target_=reliability_helpers.LossRecorder",
+                                f"+callbacks.recorder.path={loss_file}"], run_name=name)
+
+
+def interrupted_equals_uninterrupted(tmp_path: Path, overrides: list[str], stop: int, total: int, capsys) -> None:
+    """Stop at optimizer step ``stop`` (mid-epoch), resume, and compare every step's loss bitwise."""
+    base = [*overrides, f"trainer.max_steps={total}", "trainer.deterministic=true"]
+    straight = tmp_path / "straight.jsonl"
+    run_with_losses(tmp_path, "straight", base, straight)
+
+    split = tmp_path / "split.jsonl"
+    first = run_with_losses(tmp_path, "split", [*base, "+callbacks.stopper._target_=reliability_helpers.StopAt",
+                                                f"+callbacks.stopper.step={stop}"], split)
+    assert first["status"] == "stopped" and first["stop_reason"] == "stop" and first["global_step"] == stop
+    capsys.readouterr()
+    second = run_with_losses(tmp_path, "split", base, split)
+    out = capsys.readouterr().out
+    ckpt = tmp_path / "split" / "checkpoints" / "last.ckpt"
+    assert f"Resumed from step {stop} ({ckpt})" in out
+    assert second["status"] == "finished" and second["global_step"] == total
+
+    a, b = read_losses(straight), read_losses(split)
+    assert [s for s, _ in a] == list(range(1, total + 1))
+    assert a == b  # same steps, bitwise-equal losses
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("dataset", sorted(DATASETS))
+def test_stop_and_resume_is_exact(tmp_path, capsys, dataset, num_workers):
+    interrupted_equals_uninterrupted(tmp_path, [*DATASETS[dataset], f"data.num_workers={num_workers}"],
+                                     stop=7, total=13, capsys=capsys)
+
+
+@pytest.mark.slow
+def test_resume_restores_step_before_the_dataloader_is_built(tmp_path):
+    """Lightning 2.6 restores global_step before train_dataloader(); configure_optimizers does not
+    build the dataloader first (the module sizes the schedule from max_steps)."""
+    probe = tmp_path / "probe.jsonl"
+    data = ["data._target_=reliability_helpers.ProbeCollatz", f"+data.probe_file={probe}"]
+    train_run(tmp_path, [*data, "trainer.max_steps=6", "+callbacks.stopper._target_=reliability_helpers.StopAt",
+                         "+callbacks.stopper.step=4"], run_name="probe")
+    train_run(tmp_path, [*data, "trainer.max_steps=6", "trainer.accumulate_grad_batches=1"], run_name="probe")
+    calls = [json.loads(x) for x in probe.read_text().splitlines()]
+    assert calls == [{"global_step": 0, "start": 0}, {"global_step": 4, "start": 4}]
+    ckpt = torch.load(tmp_path / "probe" / "checkpoints" / "step-4.ckpt", weights_only=True)
+    assert ckpt["data_position"] == {"global_step": 4, "micro_batches": 4}
+    assert {"python", "numpy", "torch"} <= set(ckpt["rng_states"])
+    assert ckpt["run_config"]["run_name"] == "probe"  # resolved config as plain containers
+
+
+# -- where a run starts ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    summary = train_run(root, ["trainer.max_steps=4", "callbacks.checkpointing.every_n_steps=2",
+                               "trainer.val_check_interval=2"], run_name="done")
+    return root, summary
+
+
+def copy_run(src_root: Path, dst: Path) -> Path:
+    shutil.copytree(src_root / "done", dst)
+    return dst
+
+
+def test_auto_picks_newest_and_skips_corrupt_with_a_warning(finished_run, tmp_path):
+    root, summary = finished_run
+    run = copy_run(root, tmp_path / "r")
+    cfg = compose(tmp_path, [], run_name="r")
+    newest = candidates(run / "checkpoints")[0]
+    assert newest.name == "last.ckpt"
+    plan = plan_resume(cfg, run, None)
+    assert plan.path == newest and plan.global_step == 4
+    # Without last.ckpt the highest step comes first; a truncated one is skipped and named.
+    data = newest.read_bytes()
+    newest.unlink()
+    bad = run / "checkpoints" / "step-6.ckpt"
+    bad.write_bytes(data[:5000])
+    assert candidates(run / "checkpoints")[0] == bad
+    with pytest.warns(UserWarning, match="skipping unusable checkpoint .*step-6.ckpt"):
+        plan = plan_resume(cfg, run, None)
+    assert plan.path == run / "checkpoints" / "step-4.ckpt" and plan.skipped == (bad,)
+    assert plan.global_step == 4
+    # Weights-only final models and half-written temp files are never resume candidates.
+    assert not {"final.ckpt"} & {p.name for p in candidates(run / "checkpoints")}
+    (run / "checkpoints" / "step-9.ckpt.tmp").write_bytes(b"partial")
+    assert all(p.suffix == ".ckpt" for p in candidates(run / "checkpoints"))
+
+
+def test_resume_modes(finished_run, tmp_path):
+    root, _ = finished_run
+    run = copy_run(root, tmp_path / "r")
+    # never: an existing run directory is refused unless overwrite=true
+    with pytest.raises(UserError, match="already holds a run and resume=never"):
+        plan_resume(compose(tmp_path, ["resume=never"], "r"), run, None)
+    assert plan_resume(compose(tmp_path, ["resume=never", "overwrite=true"], "r"), run, None).path is None
+    # must: an error when there is nothing (valid) to resume
+    with pytest.raises(UserError, match="resume=must but there is no checkpoint"):
+        plan_resume(compose(tmp_path, ["resume=must"], "new"), tmp_path / "new", None)
+    # explicit ckpt_path: must exist, must load, must be a full training checkpoint
+    with pytest.raises(UserError, match="checkpoint not found"):
+        plan_resume(compose(tmp_path, ["ckpt_path=/nonexistent/x.ckpt"], "new"), tmp_path / "new", None)
+    with pytest.raises(UserError, match="holds weights only"):
+        plan_resume(compose(tmp_path, [f"ckpt_path={run}/checkpoints/final.ckpt"], "new"), tmp_path / "new", None)
+    with pytest.raises(UserError, match="resume must be one of"):
+        plan_resume(compose(tmp_path, ["resume=sometimes"], "new"), tmp_path / "new", None)
+
+
+def test_incompatible_checkpoint_is_a_user_error_before_anything_is_written(finished_run, tmp_path):
+    root, _ = finished_run
+    run = copy_run(root, tmp_path / "r")
+    before = sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in run.rglob("*"))
+    with pytest.raises(UserError, match="incompatible model .*n_embd"):
+        train_run(tmp_path, ["model.n_embd=64"], run_name="r")
+    after = sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in run.rglob("*"))
+    assert before == after  # the existing run directory was not touched
+
+
+def test_overwrite_replaces_the_old_run(finished_run, tmp_path):
+    root, _ = finished_run
+    run = copy_run(root, tmp_path / "r")
+    (run / "marker").write_text("old")
+    summary = train_run(tmp_path, ["resume=never", "overwrite=true", "trainer.max_steps=2"], run_name="r")
+    assert summary["status"] == "finished" and summary["global_step"] == 2
+    assert not (run / "marker").exists()
+    assert not (run / "checkpoints" / "step-4.ckpt").exists()
