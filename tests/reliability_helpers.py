@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import lightning.pytorch as pl
 from lm_lightning.data.collatz import CollatzDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model=tiny", "trainer=debug", "logger=none", "callbacks.control.stdin=false",
+TINY = ["model=tiny", "trainer=debug", "logger=none", "callbacks.control.stdin=false", "callbacks.monitoring.plots=false",
         "data.batch_size=8", "data.block_size=32", "data.val_samples=16"]
 
 
@@ -106,20 +105,23 @@ def spawn_train(args: list[str], stdin=subprocess.PIPE) -> subprocess.Popen:
 
 def wait_for(proc: subprocess.Popen, needle: str, seen: list[str], timeout: float = 120.0) -> str:
     """Read the process's output line by line until a line contains ``needle``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            if proc.poll() is not None:
-                break
-            continue
-        seen.append(line)
-        if needle in line:
-            return line
+    import threading
+
+    killer = threading.Timer(timeout, proc.kill)  # readline blocks: a hung run is killed instead
+    killer.start()
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if needle in line:
+                return line
+    finally:
+        killer.cancel()
     raise AssertionError(f"{needle!r} never appeared; output:\n{''.join(seen)[-3000:]}")
 
 
 def finish(proc: subprocess.Popen, seen: list[str], timeout: float = 120.0) -> int:
+    if proc.stdin is not None and proc.stdin.closed:
+        proc.stdin = None
     out, _ = proc.communicate(timeout=timeout)
     seen.append(out or "")
     return proc.returncode

@@ -151,6 +151,15 @@ class RunControl(pl.Callback):
         self._start_step = trainer.global_step
         if trainer.is_global_zero:
             self._start_stdin_reader()
+            hints = []
+            if self._thread is not None:
+                hints.append("type `status` or `stop` + Enter")
+            if self._old_handlers:
+                hints.append("SIGUSR1: status; SIGTERM/Ctrl-C: checkpoint and stop")
+            if self.limit_s is not None:
+                hints.append(f"time limit {fmt_s(self.limit_s)}")
+            if hints:
+                print("control: " + "; ".join(hints), flush=True)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._status_requested:
