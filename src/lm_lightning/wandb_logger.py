@@ -34,5 +34,6 @@ def wandb_logger(save_dir: str, project: str = "lm_lightning", name: str | None 
     os.makedirs(save_dir, exist_ok=True)
     mode = wandb_mode()
     # The logger passes unknown keyword arguments on to wandb.init.
-    return WandbLogger(save_dir=save_dir, project=project, name=name, offline=mode == "offline",
-                       mode=mode if mode == "disabled" else None, **kwargs)
+    if mode == "disabled":
+        kwargs["mode"] = "disabled"
+    return WandbLogger(save_dir=save_dir, project=project, name=name, offline=mode == "offline", **kwargs)
