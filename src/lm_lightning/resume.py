@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-import warnings
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +66,7 @@ def validate(path: Path, model_arch: dict[str, Any] | None) -> dict[str, Any]:
     return ckpt
 
 
-def newest_valid(ckpt_dir: Path, model_arch: dict[str, Any] | None) -> ResumePlan:
+def newest_valid(ckpt_dir: Path, model_arch: dict[str, Any] | None, quiet: bool = False) -> ResumePlan:
     """The newest checkpoint that loads; corrupt or truncated ones are skipped with a warning.
 
     An incompatible model is not skipped: resuming someone else's run by accident is an error.
@@ -78,15 +78,16 @@ def newest_valid(ckpt_dir: Path, model_arch: dict[str, Any] | None) -> ResumePla
         except UserError as exc:
             if "incompatible model" in str(exc):
                 raise
-            warnings.warn(f"skipping unusable checkpoint {path}: {exc}", stacklevel=2)
-            log.warning("skipping unusable checkpoint %s: %s", path, exc)
+            if not quiet:
+                print(f"warning: skipping unusable checkpoint {path}: {exc}", file=sys.stderr, flush=True)
+                log.warning("skipping unusable checkpoint %s: %s", path, exc)
             skipped.append(path)
             continue
         return ResumePlan(path=path, global_step=int(ckpt.get("global_step", 0)), skipped=tuple(skipped))
     return ResumePlan(skipped=tuple(skipped))
 
 
-def plan_resume(cfg: Any, run_dir: Path, model_arch: dict[str, Any] | None) -> ResumePlan:
+def plan_resume(cfg: Any, run_dir: Path, model_arch: dict[str, Any] | None, quiet: bool = False) -> ResumePlan:
     """Resolve ``resume``/``overwrite``/``ckpt_path`` against the run directory (no side effects)."""
     mode = str(cfg.get("resume") or "auto")
     if mode not in MODES:
@@ -104,10 +105,12 @@ def plan_resume(cfg: Any, run_dir: Path, model_arch: dict[str, Any] | None) -> R
             raise UserError(f"run directory {run_dir} already holds a run and resume=never; "
                             "pass overwrite=true to replace it, or resume=auto to carry on")
         return ResumePlan()
-    plan = newest_valid(ckpt_dir, model_arch)
+    plan = newest_valid(ckpt_dir, model_arch, quiet)
     if plan.path is None and mode == "must":
-        what = "no valid checkpoint" if plan.skipped else "no checkpoint"
-        raise UserError(f"resume=must but there is {what} in {ckpt_dir}")
+        if plan.skipped:
+            names = ", ".join(p.name for p in plan.skipped)
+            raise UserError(f"resume=must but there is no valid checkpoint in {ckpt_dir} (unusable: {names})")
+        raise UserError(f"resume=must but there is no checkpoint in {ckpt_dir}")
     return plan
 
 

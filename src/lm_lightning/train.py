@@ -212,7 +212,7 @@ def precheck_resume(cfg: DictConfig, checked: Checked) -> None:
     """The resume decision, checked before Hydra creates the run directory (no side effects)."""
     from lm_lightning.resume import plan_resume
 
-    plan_resume(cfg, Path(cfg.paths.output_dir), checked.model_cfg.to_dict())
+    plan_resume(cfg, Path(cfg.paths.output_dir), checked.model_cfg.to_dict(), quiet=True)
 
 
 def announce_resume(trainer, plan) -> str | None:
