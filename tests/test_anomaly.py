@@ -23,12 +23,13 @@ def finite(path) -> bool:
 
 @pytest.mark.slow
 def test_skip_policy_skips_the_step_and_stops_after_n_in_a_row(tmp_path):
-    # One bad step: skipped and counted, the run finishes with finite weights.
-    once = train_run(tmp_path, [POISON, "+callbacks.poison.steps=[3]", "trainer.max_steps=6"], run_name="once")
-    assert once["status"] == "finished" and once["global_step"] == 6
-    ckpt = read_checkpoint(once["last_checkpoint"])
-    assert ckpt["callbacks"]["AnomalyGuard"]["skipped"] == 1
-    assert finite(once["last_checkpoint"])
+    # Bad at global_step 1 (alone: skipped, counted, training goes on), then from 4 on: with
+    # max_consecutive 3, the skips at 4, 5, 6 stop the run at step 7 with finite weights.
+    s = train_run(tmp_path, [POISON, "+callbacks.poison.steps=[1,4,5,6,7,8,9]", "trainer.max_steps=20",
+                             "callbacks.anomaly.max_consecutive=3"], run_name="skip")
+    assert (s["status"], s["stop_reason"], s["global_step"]) == ("stopped", "anomaly", 7)
+    assert read_checkpoint(s["last_checkpoint"])["callbacks"]["AnomalyGuard"]["skipped"] == 4
+    assert finite(s["last_checkpoint"])
     # Without the guard the NaN reaches the weights; the checkpoint callback then refuses every
     # save, so last.ckpt stays the step-2 state instead of being overwritten with NaNs.
     off = train_run(tmp_path, [POISON, "+callbacks.poison.steps=[3]", "trainer.max_steps=6",
@@ -36,12 +37,6 @@ def test_skip_policy_skips_the_step_and_stops_after_n_in_a_row(tmp_path):
                     run_name="off")
     assert read_checkpoint(off["last_checkpoint"])["global_step"] == 2 and finite(off["last_checkpoint"])
     assert off["final_model"] is None
-    # Bad from step 2 on, max_consecutive 3: the third skip in a row stops the run.
-    many = train_run(tmp_path, [POISON, "+callbacks.poison.steps=[2,3,4,5,6,7,8,9]", "trainer.max_steps=20",
-                                "callbacks.anomaly.max_consecutive=3"], run_name="many")
-    assert (many["status"], many["stop_reason"]) == ("stopped", "anomaly")
-    assert many["global_step"] == 5  # steps 3, 4, 5 (global_step 2, 3, 4 before the update) skipped
-    assert finite(many["last_checkpoint"])
 
 
 @pytest.mark.slow

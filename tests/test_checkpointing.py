@@ -99,6 +99,12 @@ def test_periodic_best_last_and_final(tmp_path):
     for name, value in model.state_dict().items():
         key = "wte.weight" if name == "lm_head.weight" else name  # tied: stored once
         assert torch.equal(tensors[key], value), name
+    # Resuming from the step-12 periodic save (written before that step's best one) still knows
+    # every best file: top-k stays k across resumes, no orphans.
+    s2 = train_run(tmp_path, ["trainer.max_steps=16", "callbacks.checkpointing.every_n_steps=2",
+                              "callbacks.checkpointing.keep_last=2", "trainer.val_check_interval=4"], run_name="c")
+    bests = sorted(p.name for p in d.glob("best-step*.ckpt"))
+    assert len(bests) == 1 and s2["best_checkpoint"] == str(d / bests[0])
 
 
 def test_non_finite_weights_never_replace_the_last_good_checkpoint(tmp_path):

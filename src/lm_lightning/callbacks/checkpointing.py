@@ -76,7 +76,7 @@ class Checkpointing(Checkpoint):
                  save_last: bool = True, final_model: bool = True) -> None:
         if mode not in ("min", "max"):
             raise ValueError(f"checkpointing mode must be 'min' or 'max', got {mode!r}")
-        self.dirpath = Path(dirpath)
+        self.dirpath = Path(dirpath).absolute()  # paths in checkpoints and summary.json work from anywhere
         self.every_n_steps, self.every_n_epochs = max(0, int(every_n_steps)), max(0, int(every_n_epochs or 0))
         self.keep_last, self.monitor, self.mode = max(1, int(keep_last)), monitor, mode
         self.save_top_k, self.save_last, self.final_model = int(save_top_k), save_last, final_model
@@ -182,6 +182,29 @@ class Checkpointing(Checkpoint):
         for old in evicted:  # only once the better one is on disk
             if trainer.is_global_zero and old != str(path):
                 Path(old).unlink(missing_ok=True)
+        if trainer.is_global_zero:
+            self._write_index()
+
+    def _write_index(self) -> None:
+        """best_k.json beside the checkpoints: a resume from a checkpoint written before the latest
+        best one (a periodic save of the same step) still knows every best file and its score."""
+        import json
+
+        index = self.dirpath / "best_k.json"
+        tmp = tmp_path(index)
+        tmp.write_text(json.dumps({"monitor": self.monitor, "mode": self.mode, "best_k": self.best_k}))
+        fsync_replace(tmp, index)
+
+    def _read_index(self) -> dict[str, float]:
+        import json
+
+        try:
+            data = json.loads((self.dirpath / "best_k.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        if data.get("monitor") != self.monitor or data.get("mode") != self.mode:
+            return {}
+        return {str(k): float(v) for k, v in data.get("best_k", {}).items()}
 
     def on_train_end(self, trainer, pl_module) -> None:
         """Whatever ended training (max_steps, stop, time limit, early stop), keep the end state."""
@@ -200,7 +223,8 @@ class Checkpointing(Checkpoint):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         # Only files that still exist count: a best checkpoint deleted by hand is forgotten.
-        self.best_k = {p: s for p, s in state.get("best_k", {}).items() if Path(p).is_file()}
+        known = {**state.get("best_k", {}), **self._read_index()}
+        self.best_k = {p: s for p, s in known.items() if Path(p).is_file()}
         if self.best_k:
             ranked = sorted(self.best_k.items(), key=lambda kv: kv[1], reverse=self.mode == "max")
             self.best_model_path, best = ranked[0]
