@@ -30,6 +30,11 @@ def test_metrics_and_plots(tmp_path):
     assert final == [evals[-1]] and len(evals) == 2
     for png in ("loss_curve.png", "gradient_flow.png"):
         assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    # A resumed run appends to metrics.csv (Lightning's CSVLogger would delete it).
+    train_run(tmp_path, ["trainer.max_steps=8", "logger=csv", "trainer.log_every_n_steps=2"], run_name="m")
+    with open(run / "csv" / "metrics.csv") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f)]
+    assert min(steps) < 6 and max(steps) >= 7
 
 
 def test_layer_grouping():
