@@ -235,6 +235,12 @@ class Checkpointing(Checkpoint):
         # The data position: micro-batches consumed; the data module derives its stream from it.
         checkpoint["data_position"] = {"global_step": trainer.global_step,
                                        "micro_batches": trainer.global_step * trainer.accumulate_grad_batches}
+        # Saved from on_train_batch_end, Lightning's count of stepped batches lags one step (it is
+        # incremented after that hook), so a resumed run would log every metric one step early.
+        # With one optimizer it equals the optimizer steps taken.
+        epoch_loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict")
+        if isinstance(epoch_loop, dict) and "_batches_that_stepped" in epoch_loop and len(trainer.optimizers) == 1:
+            epoch_loop["_batches_that_stepped"] = trainer.global_step
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         self._resumed_rng = checkpoint.get("rng_states")

@@ -82,10 +82,11 @@ class Monitoring(pl.Callback):
                 key = layer_of(name)
                 by_layer[key] = by_layer.get(key, 0) + n.float() ** 2
             values = {k: v.sqrt() for k, v in by_layer.items()}
-            for k, v in values.items():
-                pl_module.log(f"grad_norm/{k}", v)
-            # One sync every per_layer_every steps, for the end-of-run plot.
-            for k, v in zip(values, torch.stack(list(values.values())).tolist()):
+            # One sync every per_layer_every steps. Written straight to the loggers: a value given
+            # to self.log would be re-reported, stale, at every log step until the next one.
+            host = dict(zip(values, torch.stack(list(values.values())).tolist()))
+            self._to_loggers(trainer, {f"grad_norm/{k}": v for k, v in host.items()})
+            for k, v in host.items():
                 self.grad_flow.setdefault(k, []).append(v)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
