@@ -162,3 +162,38 @@ def test_overwrite_replaces_the_old_run(finished_run, tmp_path):
     assert summary["status"] == "finished" and summary["global_step"] == 2
     assert not (run / "marker").exists()
     assert not (run / "checkpoints" / "step-4.ckpt").exists()
+
+
+def test_unnamed_runs_never_auto_resume(finished_run, tmp_path):
+    root, _ = finished_run
+    run = copy_run(root, tmp_path / "r")
+    cfg = compose(tmp_path, ["run_name=null"], run_name="r")
+    assert plan_resume(cfg, run, None).path is None
+
+
+def test_multirun_jobs_write_to_their_own_directory(tmp_path):
+    """Each Hydra job's callbacks and loggers resolve ${paths.output_dir} to the job directory."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from lm_lightning.train import CONF_DIR, check, pin_output_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name="train", overrides=["model=tiny", f"paths.runs_root={tmp_path}",
+                                                            "run_name=grid", "logger=csv"],
+                            return_hydra_config=True)
+    job_dir = str(tmp_path / "grid" / "1")
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = job_dir
+    HydraConfig.instance().set_config(cfg)
+    try:
+        pin_output_dir(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        check(cfg)  # resolves every interpolation
+    finally:
+        HydraConfig.instance().cfg = None
+    assert cfg.callbacks.checkpointing.dirpath == f"{job_dir}/checkpoints"
+    assert cfg.logger.csv.save_dir == job_dir

@@ -1,7 +1,7 @@
 """Deciding where a run starts: fresh, or from which checkpoint.
 
 ``resume=auto`` (the default) carries on from the newest valid checkpoint in the run
-directory's ``checkpoints/`` when there is one; ``resume=never`` starts fresh and refuses a run
+directory's ``checkpoints/`` when the run has a ``run_name`` and there is one; ``resume=never`` starts fresh and refuses a run
 directory that already holds a run unless ``overwrite=true``; ``resume=must`` is an error when
 there is nothing to resume; ``ckpt_path=PATH`` names the checkpoint. Everything here runs
 before the run directory is touched, so a bad choice is a one-line user error.
@@ -100,6 +100,8 @@ def plan_resume(cfg: Any, run_dir: Path, model_arch: dict[str, Any] | None, quie
         ckpt = validate(path, model_arch)
         return ResumePlan(path=path, global_step=int(ckpt.get("global_step", 0)))
     ckpt_dir = run_dir / "checkpoints"
+    if mode == "auto" and not cfg.get("run_name"):
+        return ResumePlan()  # an unnamed run is a new run: only a stable name is resumed
     if mode == "never":
         if run_dir.is_dir() and any(run_dir.iterdir()) and not cfg.get("overwrite"):
             raise UserError(f"run directory {run_dir} already holds a run and resume=never; "

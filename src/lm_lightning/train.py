@@ -306,6 +306,7 @@ def print_final_table(metrics: dict[str, float], baselines: dict[str, float]) ->
 def task(cfg: DictConfig) -> float | None:
     """Hydra task: a user error ends this job with one line and exit 2."""
     run_dir_existed = _run_dir_has_content(cfg)
+    pin_output_dir(cfg)
     try:
         summary = train(cfg)
     except UserError as exc:
@@ -315,6 +316,20 @@ def task(cfg: DictConfig) -> float | None:
         raise SystemExit(summary["exit_code"])  # 143 after SIGTERM, 130 after SIGINT
     value = summary["metrics"].get(cfg.get("optimized_metric") or "", None)
     return value
+
+
+def pin_output_dir(cfg: DictConfig) -> None:
+    """Point ``paths.output_dir`` at Hydra's job directory before anything resolves it.
+
+    check() resolves the whole config; without this, ``${paths.output_dir}`` in callbacks and
+    loggers would resolve to ``paths.run_dir``, which every job of a multirun shares (their
+    checkpoints would overwrite each other, and auto-resume would pick up a sibling's).
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        with open_dict(cfg):
+            cfg.paths.output_dir = HydraConfig.get().runtime.output_dir
 
 
 def _run_dir_has_content(cfg: DictConfig) -> bool:
