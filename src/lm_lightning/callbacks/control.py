@@ -172,6 +172,12 @@ class RunControl(pl.Callback):
             self._maybe_fit_schedule(trainer)
         if self._pending is None and self.limit_s is not None and self.elapsed() >= self.limit_s:
             self._pending = "time_limit"
+        if trainer.world_size > 1 and self.reason is None:
+            # Only rank 0 reads stdin, and signals may reach one rank: every rank must stop at
+            # the same step or the checkpoint's collectives deadlock. One tiny all-reduce per step.
+            anyone = trainer.strategy.reduce_boolean_decision(self._pending is not None, all=False)
+            if anyone and self._pending is None:
+                self._pending = "stop"
         if self._pending is not None and self.reason is None:
             self._stop(trainer, pl_module, self._pending)
 
