@@ -26,21 +26,27 @@ def run_with_losses(tmp_path: Path, name: str, overrides: list[str], loss_file: 
 
 
 STOP, TOTAL = 5, 9
-# Validation at step 6 runs after the resume: it draws from torch's generator in both runs.
-EXACT = ["trainer.deterministic=true", f"trainer.max_steps={TOTAL}", "trainer.val_check_interval=6"]
+
+
+def exact(accumulate: int) -> list[str]:
+    # Validation is due exactly where the run stops (it counts micro-batches): the uninterrupted
+    # run validates there, the resumed one does not repeat it; validation draws from torch's
+    # generator, so this checks that it does not shift the training randomness.
+    return ["trainer.deterministic=true", f"trainer.max_steps={TOTAL}",
+            f"trainer.accumulate_grad_batches={accumulate}", f"trainer.val_check_interval={STOP * accumulate}"]
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    """Per-step losses of uninterrupted runs, one per data module (workers never change the data)."""
-    cache: dict[str, list] = {}
+    """Per-step losses of uninterrupted runs (workers never change the data, so one per setting)."""
+    cache: dict[tuple, list] = {}
 
-    def get(dataset: str) -> list:
-        if dataset not in cache:
-            root = tmp_path_factory.mktemp(f"straight-{dataset}")
-            run_with_losses(root, "straight", [*DATASETS[dataset], *EXACT], root / "losses.jsonl")
-            cache[dataset] = read_losses(root / "losses.jsonl")
-        return cache[dataset]
+    def get(dataset: str, accumulate: int) -> list:
+        if (dataset, accumulate) not in cache:
+            root = tmp_path_factory.mktemp(f"straight-{dataset}-{accumulate}")
+            run_with_losses(root, "straight", [*DATASETS[dataset], *exact(accumulate)], root / "losses.jsonl")
+            cache[dataset, accumulate] = read_losses(root / "losses.jsonl")
+        return cache[dataset, accumulate]
 
     return get
 
@@ -48,12 +54,11 @@ def uninterrupted(tmp_path_factory):
 def stop_resume_losses(tmp_path: Path, overrides: list[str], capsys) -> list:
     """Stop at optimizer step STOP (mid-epoch: the stream is endless), rerun the same command."""
     losses = tmp_path / "split.jsonl"
-    base = [*overrides, *EXACT]
-    first = run_with_losses(tmp_path, "split", [*base, "+callbacks.stopper._target_=reliability_helpers.StopAt",
+    first = run_with_losses(tmp_path, "split", [*overrides, "+callbacks.stopper._target_=reliability_helpers.StopAt",
                                                 f"+callbacks.stopper.step={STOP}"], losses)
     assert (first["status"], first["stop_reason"], first["global_step"]) == ("stopped", "stop", STOP)
     capsys.readouterr()
-    second = run_with_losses(tmp_path, "split", base, losses)
+    second = run_with_losses(tmp_path, "split", overrides, losses)
     ckpt = tmp_path / "split" / "checkpoints" / "last.ckpt"
     assert f"Resumed from step {STOP} ({ckpt})" in capsys.readouterr().out
     assert second["status"] == "finished" and second["global_step"] == TOTAL
@@ -61,13 +66,14 @@ def stop_resume_losses(tmp_path: Path, overrides: list[str], capsys) -> list:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("num_workers, accumulate", [(0, 1), (2, 1), (0, 2)])
 @pytest.mark.parametrize("dataset", sorted(DATASETS))
-def test_stop_and_resume_is_exact(tmp_path, capsys, uninterrupted, dataset, num_workers):
-    straight = uninterrupted(dataset)
-    assert [step for step, _ in straight] == list(range(1, TOTAL + 1))
-    resumed = stop_resume_losses(tmp_path, [*DATASETS[dataset], f"data.num_workers={num_workers}"], capsys)
-    assert resumed == straight  # the same steps with bitwise-equal losses
+def test_stop_and_resume_is_exact(tmp_path, capsys, uninterrupted, dataset, num_workers, accumulate):
+    straight = uninterrupted(dataset, accumulate)
+    assert len(straight) == TOTAL * accumulate  # one loss per micro-batch
+    resumed = stop_resume_losses(
+        tmp_path, [*DATASETS[dataset], *exact(accumulate), f"data.num_workers={num_workers}"], capsys)
+    assert resumed == straight  # the same micro-batches with bitwise-equal losses
 
 
 @pytest.mark.slow

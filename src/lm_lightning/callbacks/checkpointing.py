@@ -88,6 +88,7 @@ class Checkpointing(Checkpoint):
         self.refused = 0  # saves refused because the weights were not finite
         self._last_saved_step = -1
         self._resumed_rng: dict[str, Any] | None = None
+        self._train_rng: torch.Tensor | None = None
 
     # -- writing ------------------------------------------------------------------------------
     def _write(self, trainer: pl.Trainer, path: Path, weights_only: bool = False) -> None:
@@ -137,6 +138,11 @@ class Checkpointing(Checkpoint):
 
     # -- when to save -------------------------------------------------------------------------
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # Validation draws from torch's generator (its dataloader iterator takes a base seed)
+        # before any validation hook runs; this snapshot, put back when validation ends, keeps
+        # the training stream independent of when (and whether) validation ran, so a resumed
+        # run that skips an already-done validation still sees the same dropout masks.
+        self._train_rng = torch.get_rng_state()
         # Only on optimizer-step boundaries, so a resume never lands inside an accumulation.
         if self.every_n_steps and trainer.global_step > 0 and (batch_idx + 1) % trainer.accumulate_grad_batches == 0 \
                 and trainer.global_step % self.every_n_steps == 0:
@@ -150,6 +156,8 @@ class Checkpointing(Checkpoint):
         return a < b if self.mode == "min" else a > b
 
     def on_validation_end(self, trainer, pl_module) -> None:
+        if self._train_rng is not None and not trainer.sanity_checking:
+            torch.set_rng_state(self._train_rng)
         if trainer.sanity_checking or trainer.fast_dev_run or not self.monitor or self.save_top_k == 0:
             return
         value = trainer.callback_metrics.get(self.monitor)
