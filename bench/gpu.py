@@ -30,7 +30,7 @@ def _base_overrides(batch: int, steps: int, compile_: bool) -> list[str]:
         "model=base", f"model.compile={str(compile_).lower()}", "loss.weights={next_token: 1.0}",
         "trainer.accelerator=gpu", "trainer.precision=bf16-mixed", f"trainer.max_steps={steps}",
         f"trainer.val_check_interval={10 * steps}", "trainer.limit_val_batches=0", "logger=csv",
-        "~callbacks.model_checkpoint", "+callbacks.step_timer._target_=bench.timing.StepTimer",
+        "~callbacks.checkpointing", "+callbacks.step_timer._target_=bench.timing.StepTimer",
         "+callbacks.step_timer.warmup=10", "trainer.enable_model_summary=false",
     ]
 
@@ -98,7 +98,7 @@ def activation_checkpointing(runs_root: str, batch: int, steps: int = 30) -> lis
 def collatz_gpu(runs_root: str, workers: int, steps: int = 150) -> dict:
     ov = ["data.batch_size=512", f"data.num_workers={workers}", "trainer.accelerator=gpu",
           "trainer.precision=bf16-mixed", f"trainer.max_steps={steps}", f"trainer.val_check_interval={10 * steps}",
-          "trainer.limit_val_batches=0", "logger=csv", "~callbacks.model_checkpoint",
+          "trainer.limit_val_batches=0", "logger=csv", "~callbacks.checkpointing",
           "+callbacks.step_timer._target_=bench.timing.StepTimer", "+callbacks.step_timer.warmup=20",
           f"paths.runs_root={runs_root}"]
     from lm_lightning.train import train

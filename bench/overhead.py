@@ -21,7 +21,7 @@ def overrides_for(model: str, steps: int, device: str, batch: int, block: int, p
         f"model={model}", f"data.batch_size={batch}", f"data.block_size={block}", "data.val_samples=64",
         f"trainer.max_steps={steps}", f"trainer.val_check_interval={10 * steps}", "trainer.limit_val_batches=0",
         f"trainer.accelerator={device}", f"trainer.precision={precision}", "logger=csv",
-        "~callbacks.model_checkpoint", "+callbacks.step_timer._target_=bench.timing.StepTimer",
+        "~callbacks.checkpointing", "+callbacks.step_timer._target_=bench.timing.StepTimer",
         "+callbacks.step_timer.warmup=3", "trainer.enable_model_summary=false",
     ]
 

@@ -59,7 +59,7 @@ def section_collatz() -> dict:
 
     speed = collatz_speed.measure(batch_size=512, max_len=256, repeats=3)
     cfg = compose(["trainer.max_steps=80", "trainer.val_check_interval=1000", "trainer.limit_val_batches=0",
-                   "logger=csv", "~callbacks.model_checkpoint", "+callbacks.step_timer._target_=bench.timing.StepTimer",
+                   "logger=csv", "~callbacks.checkpointing", "+callbacks.step_timer._target_=bench.timing.StepTimer",
                    "+callbacks.step_timer.warmup=10", "paths.runs_root=/tmp/lm_bench"])
     with contextlib.redirect_stdout(None):
         train(cfg)

@@ -43,7 +43,7 @@ def main() -> None:
     from lm_lightning.train import train
 
     overrides = [*sys.argv[1:], "+callbacks.profile_steps._target_=bench.sync_debug.ProfileSteps", "logger=csv",
-                 "~callbacks.model_checkpoint", "trainer.limit_val_batches=0", "trainer.enable_model_summary=false",
+                 "~callbacks.checkpointing", "trainer.limit_val_batches=0", "trainer.enable_model_summary=false",
                  "paths.runs_root=/tmp/sync_debug", "trainer.max_steps=35", "trainer.val_check_interval=1000"]
     with contextlib.redirect_stdout(sys.stderr):
         train(compose(overrides))

@@ -83,7 +83,8 @@ def test_collatz_recipe_carries_the_guide_hyperparameters():
     assert cfg.optimizer.lr == 1e-4 and cfg.scheduler.min_lr == 1e-6
     assert cfg.scheduler._target_.endswith("warmup_cosine")
     assert cfg.trainer.max_steps == 1_000_000
-    assert cfg.callbacks.model_checkpoint.every_n_train_steps == 1000
+    assert cfg.callbacks.checkpointing.every_n_steps == 1000
+    assert cfg.callbacks.alerts.progress_every_n_steps == 500
     assert dict(cfg.loss.weights) == {"next_token": 1.0, "stopping_time": 1.0}
     # The recipe's batch wins over a hardware preset's micro-batch; the preset's precision stays.
     gpu = compose(["experiment=collatz", "trainer=rtx3060"])

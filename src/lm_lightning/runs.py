@@ -103,7 +103,7 @@ def _root(cfg: DictConfig) -> Path:
 
 
 def _metric_name(cfg: DictConfig) -> str | None:
-    return OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor", default=None) or cfg.get("optimized_metric")
+    return OmegaConf.select(cfg, "callbacks.checkpointing.monitor", default=None) or cfg.get("optimized_metric")
 
 
 def record_start(cfg: DictConfig, run_dir: Path) -> str:

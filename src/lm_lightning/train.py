@@ -194,12 +194,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     run_dir = output_dir(cfg)
     with open_dict(cfg):
-        # Pin the job directory before anything resolves ${paths.output_dir} (multirun jobs).
+        # Pin the job directory before anything resolves ${paths.output_dir} (multirun jobs:
+        # each job's checkpoints, logs and auto-resume stay in its own directory).
         cfg.paths.output_dir = str(run_dir)
     checked = check(cfg)
     if _is_multirun() and launches_in_process(build_bare_trainer(cfg.trainer, checked.precision)):
         # Backstop for sweepers main() cannot expand (e.g. Optuna); main() refuses the rest.
         raise UserError(MULTIRUN_DDP_MESSAGE)
+    resume_plan = plan_resume_or_fresh(cfg, run_dir, checked)
     # Data preparation (tokenizing, downloads) and initial weights can fail on user input:
     # both happen before the run directory is written to.
     prepare_early(checked.datamodule)
@@ -222,7 +224,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         model=model_cfg,
         loss_weights={k: v for k, v in cfg.loss.weights.items() if k in datamodule.objectives},
         optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        scheduler=scheduler_factory(cfg),
         total_steps=max(0, max_steps),
     )
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
@@ -234,8 +236,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         module.compile()
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
+    # max_time is enforced by RunControl (a budget per invocation, with a checkpoint at the end).
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                          precision=checked.precision)
+                          precision=checked.precision, max_time=None)
     batch = log_effective_batch(trainer, datamodule)
     if trainer.is_global_zero:
         log.info("run directory: %s", run_dir)
@@ -243,14 +246,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     run_id = runs.record_start(cfg, run_dir) if _is_rank_zero() else None
     start = time.time()
-    status = "failed"
+    status, outcome = "failed", None
     try:
-        trainer.fit(module, datamodule=datamodule)
-        status = "finished"
-        if cfg.get("test"):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=announce_resume(trainer, resume_plan),
+                    weights_only=True)
+        outcome = run_outcome(trainer)
+        status = outcome[0]
+        if cfg.get("test") and status == "finished":
             trainer.test(module, datamodule=datamodule, ckpt_path="best" if _has_best(trainer) else None)
     finally:
-        summary = write_summary(trainer, run_dir, status, time.time() - start, extra=batch)
+        extra = {"stop_reason": outcome[1], "exit_code": outcome[2]} if outcome else {}
+        summary = write_summary(trainer, run_dir, status, time.time() - start, {**batch, **extra})
         if run_id is not None:
             runs.record_end(cfg, run_id, run_dir, summary, error=sys.exc_info()[1])
         if handler is not None:
@@ -287,6 +293,48 @@ def log_effective_batch(trainer, datamodule) -> dict[str, int]:
     return info
 
 
+def plan_resume_or_fresh(cfg: DictConfig, run_dir: Path, checked: Checked):
+    """Resolve resume/overwrite/ckpt_path before anything is written (user errors exit 2)."""
+    from lm_lightning.resume import apply_overwrite, plan_resume
+
+    plan = plan_resume(cfg, run_dir, checked.model_cfg.to_dict())
+    apply_overwrite(cfg, run_dir)
+    return plan
+
+
+def precheck_resume(cfg: DictConfig, checked: Checked) -> None:
+    """The resume decision, checked before Hydra creates the run directory (no side effects)."""
+    from lm_lightning.resume import plan_resume
+
+    plan_resume(cfg, Path(cfg.paths.output_dir), checked.model_cfg.to_dict(), quiet=True)
+
+
+def announce_resume(trainer, plan) -> str | None:
+    if plan.path is None:
+        return None
+    if trainer.is_global_zero:
+        msg = f"Resumed from step {plan.global_step} ({plan.path})"
+        print(msg, flush=True)
+        log.info(msg)
+    return str(plan.path)
+
+
+def scheduler_factory(cfg: DictConfig):
+    """The scheduler partial; ``fit_to_time`` is RunControl's option, not the scheduler's."""
+    from hydra.utils import instantiate
+
+    if not cfg.get("scheduler"):
+        return None
+    sched = OmegaConf.masked_copy(cfg.scheduler, [k for k in cfg.scheduler if k != "fit_to_time"])
+    return instantiate(sched)
+
+
+def run_outcome(trainer):
+    from lm_lightning.callbacks.control import run_outcome as outcome
+
+    return outcome(trainer)
+
+
 def _has_best(trainer) -> bool:
     cb = getattr(trainer, "checkpoint_callback", None)
     return bool(cb and cb.best_model_path)
@@ -309,6 +357,7 @@ def write_summary(trainer, run_dir: Path, status: str, elapsed: float,
         "best_checkpoint": (ckpt.best_model_path or None) if ckpt else None,
         "best_score": _scalar(ckpt.best_model_score) if ckpt and ckpt.best_model_score is not None else None,
         "last_checkpoint": (ckpt.last_model_path or None) if ckpt else None,
+        "final_model": (getattr(ckpt, "final_model_path", "") or None) if ckpt else None,
         "metrics": metrics,
         "elapsed_s": round(elapsed, 3),
         **(extra or {}),
@@ -369,6 +418,8 @@ def task(cfg: DictConfig) -> float | None:
         if not multirun:
             raise
         return _failed_job(cfg, exc)
+    if summary.get("exit_code"):
+        raise SystemExit(summary["exit_code"])  # 143 after SIGTERM, 130 after SIGINT
     value = summary["metrics"].get(cfg.get("optimized_metric") or "", None)
     if multirun and (value is None or not math.isfinite(float(value))):
         print(f"warning: job {_job_num()} ended with {cfg.get('optimized_metric')}={value}; "
@@ -381,13 +432,6 @@ def _is_rank_zero() -> bool:
     from lightning.pytorch.utilities import rank_zero_only
 
     return getattr(rank_zero_only, "rank", 0) == 0
-
-
-def _is_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _job_num() -> Any:
@@ -454,7 +498,8 @@ def precheck(argv: list[str]) -> None:
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         report_and_exit(UserError(one_line(exc).split(" Config search path")[0]))
     try:
-        check(cfg)
+        checked = check(cfg)
+        precheck_resume(cfg, checked)
     except UserError as exc:
         report_and_exit(exc)
 

@@ -1,0 +1,190 @@
+"""The debugging toolkit: gradient norms, iteration time, MFU, the guides' metric names, plots.
+
+- ``train/grad_norm`` (total) at log intervals, ``grad_norm/<layer>`` every ``per_layer_every``
+  steps (also kept for the gradient-flow plot);
+- ``train/iter_time_ms``, ``train/tokens_per_sec`` (the guides' names), ``train/mfu`` when the
+  device's peak FLOP/s is known;
+- ``eval/val_loss`` after each validation and ``final/val_loss`` at the end, written straight to
+  the loggers (``val/loss`` stays the name that checkpoints and sweeps monitor);
+- at the end, ``loss_curve.png`` and ``gradient_flow.png`` in the run directory (matplotlib,
+  headless, imported only then).
+
+Norms stay on the device; Lightning reads logged tensors at its log interval only.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+log = logging.getLogger("lm_lightning")
+
+# Dense bf16/fp16 tensor-core peaks (FLOP/s) for devices we have presets for.
+PEAK_FLOPS = {"H100": 989e12, "A100": 312e12, "RTX 3060": 51e12, "GTX 1660": 10e12, "H200": 989e12}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def layer_of(name: str) -> str:
+    """Group parameter names by layer: ``model.h.3.attn.c_attn.weight`` -> ``h.3``."""
+    name = re.sub(r"^(model\.|_orig_mod\.)+", "", name)
+    m = re.match(r"(h\.\d+)\.", name)
+    return m.group(1) if m else name.rsplit(".", 1)[0]
+
+
+class Monitoring(pl.Callback):
+    def __init__(self, log_every_n_steps: int = 20, per_layer_every: int = 100, dirpath: str | None = None,
+                 plots: bool = True) -> None:
+        self.log_every_n_steps, self.per_layer_every = max(1, log_every_n_steps), max(1, per_layer_every)
+        self.dirpath, self.plots = (Path(dirpath) if dirpath else None), plots
+        self.train_curve: list[tuple[int, float]] = []
+        self.val_curve: list[tuple[int, float]] = []
+        self.grad_flow: dict[str, list[float]] = {}
+        self._t0: float | None = None
+        self._flops_per_token: float | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        model = getattr(pl_module, "model", None)
+        if model is not None and hasattr(model, "num_params"):
+            cfg = model.config
+            # 6N per token for the matmuls plus attention's 12 * L * C * T (PaLM appendix B).
+            self._flops_per_token = 6 * model.num_params() + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        step = trainer.global_step
+        per_layer = step % self.per_layer_every == 0
+        if step % self.log_every_n_steps and not per_layer:
+            return
+        named = [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None]
+        if not named:
+            return
+        norms = torch._foreach_norm([g for _, g in named])
+        total = torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
+        pl_module.log("train/grad_norm", total)
+        if per_layer:
+            by_layer: dict[str, torch.Tensor] = {}
+            for (name, _), n in zip(named, norms):
+                key = layer_of(name)
+                by_layer[key] = by_layer.get(key, 0) + n.float() ** 2
+            values = {k: v.sqrt() for k, v in by_layer.items()}
+            # One sync every per_layer_every steps. Written straight to the loggers: a value given
+            # to self.log would be re-reported, stale, at every log step until the next one.
+            host = dict(zip(values, torch.stack(list(values.values())).tolist()))
+            self._to_loggers(trainer, {f"grad_norm/{k}": v for k, v in host.items()})
+            for k, v in host.items():
+                self.grad_flow.setdefault(k, []).append(v)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if (batch_idx + 1) % trainer.accumulate_grad_batches or self._t0 is None:
+            return
+        step = trainer.global_step
+        if step % self.log_every_n_steps:
+            return
+        dt = time.perf_counter() - self._t0
+        steps = self.log_every_n_steps if step >= self.log_every_n_steps else step
+        self._t0 = time.perf_counter()
+        iter_ms = dt / max(1, steps) * 1000
+        pl_module.log("train/iter_time_ms", iter_ms)
+        ids = batch.get("input_ids") if isinstance(batch, dict) else None
+        if ids is not None and iter_ms > 0:
+            tokens = ids.numel() * trainer.accumulate_grad_batches * trainer.world_size
+            tps = tokens / (iter_ms / 1000)
+            pl_module.log("train/tokens_per_sec", tps)
+            peak = peak_flops(pl_module.device)
+            if peak and self._flops_per_token:
+                pl_module.log("train/mfu", tps * self._flops_per_token / (peak * trainer.world_size))
+        loss = trainer.callback_metrics.get("train/loss")
+        if loss is not None:
+            self.train_curve.append((step, float(loss)))
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._t0 = None  # validation time is not iteration time
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get("val/loss")
+        if value is not None:
+            self.val_curve.append((trainer.global_step, float(value)))
+            self._to_loggers(trainer, {"eval/val_loss": float(value)})
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.val_curve:
+            self._to_loggers(trainer, {"final/val_loss": self.val_curve[-1][1]})
+        if self.plots and trainer.is_global_zero and not trainer.fast_dev_run:
+            d = self.dirpath or Path(trainer.default_root_dir)
+            try:
+                plot_losses(self.train_curve, self.val_curve, d / "loss_curve.png")
+                if self.grad_flow:
+                    plot_grad_flow(self.grad_flow, d / "gradient_flow.png")
+            except Exception as exc:  # a plot must never fail a finished run
+                log.warning("could not write plots: %s", exc)
+
+    @staticmethod
+    def _to_loggers(trainer: pl.Trainer, metrics: dict[str, Any]) -> None:
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_losses(train: list[tuple[int, float]], val: list[tuple[int, float]], path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train/loss")
+    if val:
+        ax.plot(*zip(*val), marker="o", label="val/loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    if train or val:
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_grad_flow(flow: dict[str, list[float]], path: Path) -> None:
+    """Mean and max gradient norm per layer over the run: vanishing or exploding layers stand out."""
+    plt = _pyplot()
+    names = list(flow)
+    means = [sum(v) / len(v) for v in flow.values()]
+    maxes = [max(v) for v in flow.values()]
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(names)), 4))
+    x = range(len(names))
+    ax.bar(x, maxes, alpha=0.4, label="max")
+    ax.bar(x, means, alpha=0.8, label="mean")
+    ax.set_xticks(list(x), names, rotation=60, ha="right", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("gradient norm")
+    ax.set_title("gradient flow")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
