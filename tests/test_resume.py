@@ -184,7 +184,7 @@ def test_multirun_jobs_write_to_their_own_directory(tmp_path):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from lm_lightning.train import CONF_DIR, check, pin_output_dir
+    from lm_lightning.train import CONF_DIR, check, output_dir
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name="train", overrides=["model=tiny", f"paths.runs_root={tmp_path}",
@@ -195,8 +195,8 @@ def test_multirun_jobs_write_to_their_own_directory(tmp_path):
         cfg.hydra.runtime.output_dir = job_dir
     HydraConfig.instance().set_config(cfg)
     try:
-        pin_output_dir(cfg)
         with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir(cfg))  # what train() does first
             del cfg["hydra"]
         check(cfg)  # resolves every interpolation
     finally:

@@ -47,8 +47,8 @@ def config_hash(cfg: DictConfig | dict) -> str:
                     reverse=True)
 
     def scrub(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: scrub(x) for k, x in v.items()}
+        if isinstance(v, dict):  # a run's name, wherever a callback copies it, is not what it trains
+            return {k: scrub(x) for k, x in v.items() if k != "run_name"}
         if isinstance(v, list):
             return [scrub(x) for x in v]
         if isinstance(v, str):
