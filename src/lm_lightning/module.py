@@ -75,6 +75,8 @@ class LMModule(pl.LightningModule):
         loss, parts = multi_task_loss(outputs, batch, self.loss_weights)
         # Logged tensors stay on the device; Lightning reads them at log/refresh intervals.
         self.log("train/loss", loss, prog_bar=True)
+        if "next_token" in parts:  # perplexity of the language-model objective; stays on the device
+            self.log("train/ppl", torch.exp(parts["next_token"].detach().clamp(max=50)))
         if len(parts) > 1:
             for name, value in parts.items():
                 self.log(f"train/{name}", value)
