@@ -87,7 +87,7 @@ def test_missing_text_file_is_a_user_error(tmp_path):
 
 # -- experiments: first steps on local fixtures ------------------------------------------------
 SMALL = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.d_ff=64", "data.block_size=32",
-         "data.batch_size=2", "trainer.accelerator=cpu", "trainer.precision=32-true", "+trainer.fast_dev_run=true"]
+         "data.batch_size=2", "trainer.accelerator=cpu", "trainer.precision=32-true", "++trainer.fast_dev_run=true"]
 
 
 def wikitext_files(tmp_path: Path, splits=("train", "validation", "test"), fmt="parquet") -> str:
