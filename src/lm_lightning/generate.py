@@ -17,9 +17,10 @@ from lm_lightning.errors import UserError, exit_on_user_error
 from lm_lightning.tools import load_for_inference, parse_args
 
 USAGE = ("python -m lm_lightning.generate ckpt=PATH prompt=TEXT max_new_tokens=200 temperature=0.8 "
-         "top_k=50 top_p=0.95 seed=1 [num_samples=1] [device=cpu] [timing=false]")
+         "top_k=50 top_p=0.95 seed=1 [num_samples=1] [device=cpu] [threads=1] [timing=false]")
 DEFAULTS: dict[str, Any] = {"ckpt": "", "prompt": "", "max_new_tokens": 200, "temperature": 0.8, "top_k": 50,
-                            "top_p": 0.95, "seed": 1, "num_samples": 1, "device": "cpu", "timing": False}
+                            "top_p": 0.95, "seed": 1, "num_samples": 1, "device": "cpu", "timing": False,
+                            "threads": 1}
 
 
 def start_ids(tokenizer: Any, prompt: str) -> list[int]:
@@ -59,6 +60,12 @@ def generate(model: Any, tokenizer: Any, prompt: str = "", max_new_tokens: int =
 def main(argv: list[str] | None = None) -> None:
     with exit_on_user_error():
         args, _ = parse_args(sys.argv[1:] if argv is None else argv, DEFAULTS, USAGE)
+        if args["device"] == "cpu" and args["threads"]:
+            import torch
+
+            # Decoding multiplies one row at a time: extra intra-op threads add synchronisation,
+            # not speed, and on a shared CPU they made 200 tokens 4x slower (threads=0: torch's default).
+            torch.set_num_threads(args["threads"])
         inf = load_for_inference(args["ckpt"], args["device"])
         if inf.tokenizer is None:
             raise UserError("the checkpoint carries no tokenizer; it was not trained on text data")
