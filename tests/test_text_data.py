@@ -275,3 +275,14 @@ def test_datamodule_state_carries_the_tokenizer(tmp_path):
     with pytest.raises(UserError, match="different tokenizer"):
         other.load_state_dict(state)
     dm.load_state_dict(state)  # the same tokenizer resumes fine
+
+
+def test_token_files_from_elsewhere_train_without_a_tokenizer(tmp_path):
+    # cs336-style .ids: raw uint16, no sidecar, no tokenizer file; the bpe choice of the
+    # experiment cannot be honoured, so the run trains on the ids and carries no tokenizer.
+    ids = tmp_path / "train.ids"
+    (np.arange(3000) % 500).astype(np.uint16).tofile(ids)
+    dm = make_dm(tmp_path, source="tokens", train_path=str(ids), val_path=str(ids), dtype="uint16",
+                 vocab_size=500, tokenizer={"kind": "bpe", "vocab_size": 10000, "path": None})
+    dm.prepare_data()
+    assert dm.vocab_size == 500 and dm.state_dict()["tokenizer"] is None

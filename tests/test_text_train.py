@@ -35,7 +35,7 @@ def common(tmp_path: Path, name: str) -> list[str]:
 def test_short_text_run_beats_the_unigram_entropy(tmp_path):
     (tmp_path / "train.txt").write_text(corpus(3000))
     (tmp_path / "val.txt").write_text(corpus(300, seed=1))
-    cfg = compose_cfg(common(tmp_path, "learn") + [
+    cfg = compose_cfg(common(tmp_path, "learn")[:-1] + ["logger=csv", "trainer.log_every_n_steps=10",
         "data=text", f"data.train_path={tmp_path / 'train.txt'}", f"data.val_path={tmp_path / 'val.txt'}",
         "data.block_size=32", "data.batch_size=16", "model=tiny", "trainer=debug", "trainer.max_steps=60",
         "trainer.val_check_interval=60", "trainer.limit_val_batches=null", "optimizer.lr=5e-3",
@@ -52,6 +52,8 @@ def test_short_text_run_beats_the_unigram_entropy(tmp_path):
     # anything sits far below the entropy of the character frequencies.
     assert val < unigram - 0.6, (val, unigram)
     assert summary["metrics"]["val/ppl"] == pytest.approx(2.718281828 ** val, rel=1e-3)
+    metrics = (tmp_path / "runs" / "learn" / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train/loss", "train/ppl", "train/tokens_per_s", "val/ppl"} <= set(metrics)
     loaded = load_checkpoint(summary["last_checkpoint"])
     assert loaded.datamodule_state["tokenizer"]["kind"] == "char"
     assert loaded.config["data"]["train_path"] == str(tmp_path / "train.txt")

@@ -214,3 +214,48 @@ def test_sampling_stays_within_top_k_and_nucleus():
     picks = sample_token(logits, 1.0, top_k=4, top_p=0.7, generator=gen).flatten()
     assert set(picks.tolist()) == {1, 2}
     assert torch.equal(sample_token(logits, 0.0).flatten(), torch.ones(400, dtype=torch.long))
+
+
+# -- prepare ------------------------------------------------------------------------------------
+def test_prepare_clean_split_analyze(tmp_path, capsys):
+    from lm_lightning import prepare
+
+    raw = tmp_path / "raw.txt"
+    raw.write_text("Hello\x07 world   \r\n\n\n\nSecond line\n" + "".join(f"line {i}\n" for i in range(18)))
+    prepare.main(["clean", str(raw), str(tmp_path / "clean.txt")])
+    clean = (tmp_path / "clean.txt").read_text()
+    assert clean.startswith("Hello world\n\nSecond line\n") and "\x07" not in clean and "\r" not in clean
+    capsys.readouterr()
+    prepare.main(["split", str(tmp_path / "clean.txt"), str(tmp_path / "train.txt"), str(tmp_path / "val.txt"),
+                  "--val-lines", "4"])
+    assert (tmp_path / "val.txt").read_text() == "line 14\nline 15\nline 16\nline 17\n"
+    assert (tmp_path / "train.txt").read_text() + (tmp_path / "val.txt").read_text() == clean
+    capsys.readouterr()
+    prepare.main(["analyze", str(tmp_path / "val.txt"), "--bins", "2"])
+    stats = json.loads(capsys.readouterr().out)
+    assert (stats["lines"], stats["words"], stats["unique_words"], stats["chars"]) == (4, 8, 5, 32)
+    assert stats["word_coverage_top_k"]["100"] == 1.0
+    assert sum(b["lines"] for b in stats["line_length"]["histogram"]) == 4
+    with pytest.raises(SystemExit) as info:
+        prepare.main(["analyze", str(tmp_path / "missing.txt")])
+    assert info.value.code == 2
+
+
+def test_prepare_tokenize_feeds_data_tokens(tmp_path, capsys):
+    import numpy as np
+
+    from lm_lightning import prepare
+    from lm_lightning.data.text import TextDataModule
+    from lm_lightning.data.tokenizers import load_bpe_file
+
+    text = corpus(300, 3)
+    (tmp_path / "a.txt").write_text(text)
+    prepare.main(["tokenize", str(tmp_path / "a.txt"), "--out", str(tmp_path / "a.bin"), "--tokenizer", "bpe",
+                  "--vocab-size", "300"])
+    meta = json.loads(capsys.readouterr().out)
+    tok = load_bpe_file(tmp_path / "a.bin.tokenizer.json")
+    ids = np.fromfile(tmp_path / "a.bin", dtype=np.uint16)
+    assert meta["tokens"] == len(ids) and ids.tolist() == tok.encode(text)
+    dm = TextDataModule(source="tokens", train_path=str(tmp_path / "a.bin"), val_path=str(tmp_path / "a.bin"),
+                        block_size=16, batch_size=2, tokenizer={})
+    assert dm.vocab_size == tok.vocab_size and dm.tokenizer.decode(ids.tolist()) == text  # from the sidecar

@@ -17,9 +17,10 @@ from lm_lightning.errors import UserError, exit_on_user_error
 from lm_lightning.tools import load_for_inference, parse_args
 
 USAGE = ("python -m lm_lightning.generate ckpt=PATH prompt=TEXT max_new_tokens=200 temperature=0.8 "
-         "top_k=50 top_p=0.95 seed=1 [num_samples=1] [device=cpu] [timing=false]")
+         "top_k=50 top_p=0.95 seed=1 [num_samples=1] [device=cpu] [threads=1] [timing=false]")
 DEFAULTS: dict[str, Any] = {"ckpt": "", "prompt": "", "max_new_tokens": 200, "temperature": 0.8, "top_k": 50,
-                            "top_p": 0.95, "seed": 1, "num_samples": 1, "device": "cpu", "timing": False}
+                            "top_p": 0.95, "seed": 1, "num_samples": 1, "device": "cpu", "timing": False,
+                            "threads": 1}
 
 
 def start_ids(tokenizer: Any, prompt: str) -> list[int]:
@@ -59,13 +60,23 @@ def generate(model: Any, tokenizer: Any, prompt: str = "", max_new_tokens: int =
 def main(argv: list[str] | None = None) -> None:
     with exit_on_user_error():
         args, _ = parse_args(sys.argv[1:] if argv is None else argv, DEFAULTS, USAGE)
-        inf = load_for_inference(args["ckpt"], args["device"])
-        if inf.tokenizer is None:
-            raise UserError("the checkpoint carries no tokenizer; it was not trained on text data")
-        start = time.perf_counter()
-        texts = generate(inf.model, inf.tokenizer, args["prompt"], args["max_new_tokens"], args["temperature"],
-                         args["top_k"], args["top_p"], args["seed"], args["num_samples"], args["device"])
-        elapsed = time.perf_counter() - start
+        import torch
+
+        previous = torch.get_num_threads()
+        if args["device"] == "cpu" and args["threads"]:
+            # Decoding multiplies one row at a time: extra intra-op threads add synchronisation,
+            # not speed, and on a shared CPU they made 200 tokens 9x slower (threads=0: torch's default).
+            torch.set_num_threads(args["threads"])
+        try:
+            inf = load_for_inference(args["ckpt"], args["device"])
+            if inf.tokenizer is None:
+                raise UserError("the checkpoint carries no tokenizer; it was not trained on text data")
+            start = time.perf_counter()
+            texts = generate(inf.model, inf.tokenizer, args["prompt"], args["max_new_tokens"], args["temperature"],
+                             args["top_k"], args["top_p"], args["seed"], args["num_samples"], args["device"])
+            elapsed = time.perf_counter() - start
+        finally:
+            torch.set_num_threads(previous)
         print(("\n" + "-" * 40 + "\n").join(texts), flush=True)
         if args["timing"]:
             n = args["max_new_tokens"] * max(1, args["num_samples"])

@@ -74,9 +74,12 @@ class LMModule(pl.LightningModule):
         self._report_data_anomalies(batch)
         loss, parts = self._loss_fn(batch)
         # Logged tensors stay on the device; Lightning reads them when the progress bar
-        # refreshes or loggers write. The per-objective parts only matter at log intervals.
+        # refreshes or loggers write. Perplexity and per-objective parts matter at log intervals.
         self.log("train/loss", loss)  # the progress bar reads it at refresh (see ProgressBar)
-        if len(parts) > 1 and self._at_log_step():
+        at_log_step = self._at_log_step()
+        if "next_token" in parts and at_log_step:  # the language-model objective's perplexity
+            self.log("train/ppl", torch.exp(parts["next_token"].detach().clamp(max=50)))
+        if len(parts) > 1 and at_log_step:
             for name, value in parts.items():
                 self.log(f"train/{name}", value)
         return loss

@@ -9,6 +9,7 @@ evaluate / generate / export need nothing else.
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from pathlib import Path
@@ -33,6 +34,8 @@ from lm_lightning.data.tokenizers import (
 )
 from lm_lightning.data.tokens import RandomWindows, SequentialWindows, TokenFile, read_meta
 from lm_lightning.errors import UserError
+
+log = logging.getLogger("lm_lightning")
 
 # RandomWindows has a length (one epoch) so that Lightning can count epochs and steps; each
 # worker draws distinct micro-batches, so the generic warning about duplicates does not apply.
@@ -147,8 +150,16 @@ class TextDataModule(pl.LightningDataModule):
             spec = read_meta(self.files["train"].path).get("tokenizer")
             if spec:
                 return from_spec(spec)
-            if kind not in KINDS or kind in ("char",):
+            if kind not in KINDS or kind == "char":
                 return None
+            if kind == "bpe":
+                if not self.tok_cfg.get("path"):
+                    # Ids from elsewhere (cs336 .ids files): train on them; the checkpoint then carries
+                    # no tokenizer, and generate asks for one.
+                    log.warning("data=tokens: no tokenizer for %s (set tokenizer.path=tokenizer.json to keep one "
+                                "with the checkpoints)", self.files["train"].path)
+                    return None
+                return load_bpe_file(self.tok_cfg["path"])
         if kind == "byte":
             return ByteTokenizer()
         if kind == "gpt2":
@@ -183,6 +194,7 @@ class TextDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         """Tokenize every split into the cache (once; later runs reuse the files)."""
         if self.source is None:
+            _ = self.tokenizer  # token files: resolve (or report) the tokenizer before training starts
             return
         tok = self.tokenizer
         for split in SPLITS:

@@ -136,7 +136,7 @@ def from_spec(spec: dict[str, Any] | None) -> CharTokenizer | ByteTokenizer | HF
 
 def hub_hint() -> str:
     home = os.environ.get("HF_HOME", "~/.cache/huggingface")
-    return f"HF_HOME={home}; set HF_HOME / HF_DATASETS_CACHE to a cache that has it"
+    return f"HF_HOME={home}; point HF_HOME at a cache that has it"
 
 
 def load_gpt2(name: str = "gpt2") -> HFTokenizer:
