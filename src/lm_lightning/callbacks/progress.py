@@ -16,7 +16,6 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.callbacks.progress.rich_progress import RichProgressBarTheme
 
-
 # What the bar shows, with short names that keep it on one line.
 BAR_METRICS = {"train/loss": "loss", "train/learning_rate": "lr", "train/samples_per_s": "samples/s",
                "val/loss": "val_loss"}
