@@ -15,7 +15,7 @@ import pytest
 
 from lm_lightning import collatz as C
 
-pytestmark = pytest.mark.filterwarnings("error")   # e.g. numpy overflow warnings are bugs here
+pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")   # numpy overflow warnings are bugs here
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 FIELDS = ("bits", "lengths", "total_stopping_time", "stopping_time", "truncated", "anomaly")
