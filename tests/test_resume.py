@@ -13,10 +13,26 @@ from reliability_helpers import compose, read_losses, train_run
 from lm_lightning.errors import UserError
 from lm_lightning.resume import candidates, plan_resume
 
-# One entry per data module. Each is (overrides, name); token data (branch `text`) joins by adding
-# its overrides here, e.g. ["data=tokens", "data.path=..."] with a fixture that writes the tokens.
+def _token_files() -> list[str]:
+    """Small uint16 token files (train and val) in a temporary directory, made once."""
+    import atexit
+    import shutil
+    import tempfile
+
+    import numpy as np
+
+    d = Path(tempfile.mkdtemp(prefix="lm_resume_tokens_"))
+    atexit.register(shutil.rmtree, d, ignore_errors=True)
+    for i, split in enumerate(("train", "val")):
+        np.random.default_rng(i).integers(0, 256, 20_000, dtype=np.uint16).tofile(d / f"{split}.bin")
+    return ["data=tokens", f"data.train_path={d / 'train.bin'}", f"data.val_path={d / 'val.bin'}",
+            "data.dtype=uint16", "tokenizer=byte", "data.block_size=32", "data.batch_size=4"]
+
+
+# One entry per data module; dropout > 0 so that the restored RNG state matters.
 DATASETS = {
-    "collatz": ["model.dropout=0.1"],  # dropout > 0, so the restored RNG state matters
+    "collatz": ["model.dropout=0.1"],
+    "tokens": ["model.dropout=0.1", *_token_files()],
 }
 
 
