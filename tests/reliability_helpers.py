@@ -29,9 +29,12 @@ def compose(tmp_path: Path, overrides: list[str], run_name: str = "run"):
 
     from lm_lightning.train import CONF_DIR
 
+    base = TINY
+    if any(o.startswith("data=") for o in overrides):  # another data source: no Collatz-only keys
+        base = [o for o in TINY if not o.startswith("data.val_samples")]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name="train", overrides=[
-            *TINY, f"paths.runs_root={tmp_path}", f"run_name={run_name}", *overrides])
+            *base, f"paths.runs_root={tmp_path}", f"run_name={run_name}", *overrides])
 
 
 def train_run(tmp_path: Path, overrides: list[str], run_name: str = "run") -> dict[str, Any]:
