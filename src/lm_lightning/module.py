@@ -169,7 +169,11 @@ class LMModule(pl.LightningModule):
         if self.optimizer_factory is None:
             raise RuntimeError("LMModule was built without an optimizer factory (inference only)")
         precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
-        optimizer = build_optimizer(self.optimizer_factory, self, self.device, allow_fused=precision != "16-mixed")
+        # Not fused under fp16 loss scaling, nor under FSDP, whose gradients are shards: Lightning's
+        # own clipping (FSDP's clip_grad_norm_) must run there, and it refuses fused optimizers.
+        sharded = self._trainer is not None and "FSDP" in type(self.trainer.strategy).__name__
+        optimizer = build_optimizer(self.optimizer_factory, self, self.device,
+                                    allow_fused=precision != "16-mixed" and not sharded)
         if self.scheduler_factory is None:
             return optimizer
         total = self.total_steps
