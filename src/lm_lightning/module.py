@@ -157,6 +157,15 @@ class LMModule(pl.LightningModule):
         # Lightning refuses to clip for fused optimizers because, under fp16 loss scaling, they
         # unscale inside step(). Without a scaler (bf16, fp32) the gradients are already true,
         # so clip them directly; fp16 runs never get a fused optimizer (configure_optimizers).
+        sharded = getattr(self.trainer.strategy, "model", None)
+        if gradient_clip_val and "FSDP" in type(self.trainer.strategy).__name__ and hasattr(sharded, "clip_grad_norm_"):
+            # Lightning's FSDP precision plugin refuses norm clipping; FSDP's own method computes
+            # the norm over every rank's shards.
+            if gradient_clip_algorithm in (None, "norm"):
+                sharded.clip_grad_norm_(gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_value_(self.parameters(), gradient_clip_val)
+            return
         if gradient_clip_val and getattr(optimizer, "defaults", {}).get("fused"):
             if gradient_clip_algorithm in (None, "norm"):
                 torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
