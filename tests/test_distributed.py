@@ -68,6 +68,7 @@ def test_rank_and_batch_helpers():
 def test_collatz_streams_disjoint_across_rank_and_worker(monkeypatch):
     """(rank, worker) pairs draw disjoint stream batches that together tile the single-process stream."""
     import lm_lightning.data.collatz as dc
+    import lm_lightning.data.streams as streams
 
     real = dc.collatz.stream_batch
     drawn: dict[int, list[int]] = {}
@@ -84,7 +85,7 @@ def test_collatz_streams_disjoint_across_rank_and_worker(monkeypatch):
     for rank in range(world):
         stream = CollatzStream(7, 4, 16, sampling, 10_000, rank=rank, world_size=world)
         for worker in range(workers):
-            monkeypatch.setattr(dc, "get_worker_info", lambda w=worker: SimpleNamespace(id=w, num_workers=workers))
+            monkeypatch.setattr(streams, "get_worker_info", lambda w=worker: SimpleNamespace(id=w, num_workers=workers))
             it = iter(stream)
             for _ in range(steps_each):
                 before = set(drawn)

@@ -172,14 +172,21 @@ class RunControl(pl.Callback):
             self._maybe_fit_schedule(trainer)
         if self._pending is None and self.limit_s is not None and self.elapsed() >= self.limit_s:
             self._pending = "time_limit"
-        if trainer.world_size > 1 and self.reason is None:
+        if self.reason is not None:
+            return
+        # One snapshot of the request for this step: a signal handler may set _pending at any
+        # moment, also between the vote below and acting on it.
+        pending = self._pending
+        if trainer.world_size > 1:
             # Only rank 0 reads stdin, and signals may reach one rank: every rank must stop at
-            # the same step or the checkpoint's collectives deadlock. One tiny all-reduce per step.
-            anyone = trainer.strategy.reduce_boolean_decision(self._pending is not None, all=False)
-            if anyone and self._pending is None:
-                self._pending = "stop"
-        if self._pending is not None and self.reason is None:
-            self._stop(trainer, pl_module, self._pending)
+            # the same step or the checkpoint's collectives deadlock. One tiny all-reduce per
+            # step decides, and every rank acts on the vote, never on a later local flag (a
+            # request that lands after the vote is acted on at the next step).
+            if not trainer.strategy.reduce_boolean_decision(pending is not None, all=False):
+                return
+            pending = pending or "stop"
+        if pending is not None:
+            self._stop(trainer, pl_module, pending)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or self.limit_s is None:

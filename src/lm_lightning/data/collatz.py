@@ -17,9 +17,10 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from lm_lightning import collatz
+from lm_lightning.data.streams import worker_steps
 from lm_lightning.errors import UserError
 from lm_lightning.objectives import IGNORE_INDEX
 
@@ -78,12 +79,7 @@ class CollatzStream(IterableDataset):
         return encode(pb, self.block_size, ns)
 
     def __iter__(self):
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        step = self.start + worker
-        while True:
-            yield self.batch(step)
-            step += workers
+        return map(self.batch, worker_steps(self.start))
 
 
 class CollatzEval(Dataset):

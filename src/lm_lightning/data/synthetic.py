@@ -10,7 +10,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset
+
+from lm_lightning.data.streams import worker_steps
 
 
 class RandomWindows(IterableDataset):
@@ -25,12 +27,7 @@ class RandomWindows(IterableDataset):
         return {"input_ids": window[:, :-1], "labels": window[:, 1:]}
 
     def __iter__(self):
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        step = self.start + worker
-        while True:
-            yield self.batch(step)
-            step += workers
+        return map(self.batch, worker_steps(self.start))
 
 
 class SyntheticDataModule(pl.LightningDataModule):

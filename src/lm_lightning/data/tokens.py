@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torch.utils.data import Dataset, IterableDataset
 
+from lm_lightning.data.streams import worker_steps
 from lm_lightning.errors import UserError
 from lm_lightning.objectives import IGNORE_INDEX
 
@@ -159,11 +160,8 @@ class RandomWindows(IterableDataset):
         return {"input_ids": x[:, :-1].contiguous(), "labels": x[:, 1:].contiguous()}
 
     def __iter__(self):
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
         end = (self.start // self.steps_per_epoch + 1) * self.steps_per_epoch
-        for step in range(self.start + worker, end, workers):
-            yield self.batch(step)
+        return map(self.batch, worker_steps(self.start, end))
 
     def __len__(self) -> int:
         return self.steps_per_epoch
