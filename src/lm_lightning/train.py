@@ -7,7 +7,6 @@ get wrong is checked by :func:`check` first, before Hydra creates the run direct
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -30,6 +29,7 @@ from lm_lightning.distributed import (
     sweep_jobs,
 )
 from lm_lightning.errors import UserError, one_line, report_and_exit, user_errors
+from lm_lightning.summary import has_best, print_final_table, write_summary
 
 log = logging.getLogger("lm_lightning")
 
@@ -253,7 +253,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         outcome = run_outcome(trainer)
         status = outcome[0]
         if cfg.get("test") and status == "finished":
-            trainer.test(module, datamodule=datamodule, ckpt_path="best" if _has_best(trainer) else None)
+            trainer.test(module, datamodule=datamodule, ckpt_path="best" if has_best(trainer) else None)
     finally:
         extra = {"stop_reason": outcome[1], "exit_code": outcome[2]} if outcome else {}
         summary = write_summary(trainer, run_dir, status, time.time() - start, {**batch, **extra})
@@ -333,70 +333,6 @@ def run_outcome(trainer):
     from lm_lightning.callbacks.control import run_outcome as outcome
 
     return outcome(trainer)
-
-
-def _has_best(trainer) -> bool:
-    cb = getattr(trainer, "checkpoint_callback", None)
-    return bool(cb and cb.best_model_path)
-
-
-def _scalar(v: Any) -> Any:
-    return v.item() if hasattr(v, "item") else v
-
-
-def write_summary(trainer, run_dir: Path, status: str, elapsed: float,
-                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    from lm_lightning.callbacks.progress import Throughput
-
-    ckpt = trainer.checkpoint_callback
-    metrics = {k: _scalar(v) for k, v in trainer.callback_metrics.items()
-               if k.startswith(("val/", "test/"))}
-    summary: dict[str, Any] = {
-        "status": status,
-        "global_step": trainer.global_step,
-        "best_checkpoint": (ckpt.best_model_path or None) if ckpt else None,
-        "best_score": _scalar(ckpt.best_model_score) if ckpt and ckpt.best_model_score is not None else None,
-        "last_checkpoint": (ckpt.last_model_path or None) if ckpt else None,
-        "final_model": (getattr(ckpt, "final_model_path", "") or None) if ckpt else None,
-        "metrics": metrics,
-        "elapsed_s": round(elapsed, 3),
-        **(extra or {}),
-    }
-    for cb in trainer.callbacks:
-        if isinstance(cb, Throughput):
-            summary.update({k: round(v, 2) for k, v in cb.summary().items()})
-    if trainer.is_global_zero:
-        tmp = run_dir / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        os.replace(tmp, run_dir / "summary.json")
-    return summary
-
-
-def print_final_table(metrics: dict[str, float], baselines: dict[str, float],
-                      titles: dict[str, str] | None = None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="final validation metrics")
-    table.add_column("metric")
-    table.add_column("model", justify="right")
-    table.add_column("baseline", justify="right")
-    table.add_column("reference", justify="right")
-    rows = [
-        ("next-bit cross-entropy (nats)", "val/next_token", "next_token_unigram", "unigram",
-         "next_token_floor", "floor"),
-        ("next-bit accuracy", "val/next_token_acc", "next_bit_acc_majority", "majority", None, None),
-        ("stopping-time MAE (steps)", "val/stopping_time_mae", "stopping_time_mae_mean", "train mean",
-         None, None),
-    ]
-    for title, key, base_key, base_name, ref_key, ref_name in rows:
-        if key not in metrics:
-            continue
-        title = (titles or {}).get(key, title)
-        base = f"{baselines[base_key]:.4f} ({base_name})" if base_key in baselines else ""
-        ref = f"{baselines[ref_key]:.4f} ({ref_name})" if ref_key and ref_key in baselines else ""
-        table.add_row(title, f"{metrics[key]:.4f}", base, ref)
-    Console().print(table)
 
 
 def task(cfg: DictConfig) -> float | None:
