@@ -13,6 +13,7 @@ from reliability_helpers import compose, read_losses, train_run
 from lm_lightning.errors import UserError
 from lm_lightning.resume import candidates, plan_resume
 
+
 def _token_files() -> list[str]:
     """Small uint16 token files (train and val) in a temporary directory, made once."""
     import atexit

@@ -244,7 +244,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("run directory: %s", run_dir)
         log.info("model: %s parameters", f"{module.model.num_params():,}")
 
-    run_id = runs.record_start(cfg, run_dir) if _is_rank_zero() else None
+    run_id = runs.record_start(cfg, run_dir) if trainer.is_global_zero else None
     start = time.time()
     status, outcome = "failed", None
     try:
@@ -364,12 +364,6 @@ def task(cfg: DictConfig) -> float | None:
     return value
 
 
-def _is_rank_zero() -> bool:
-    from lightning.pytorch.utilities import rank_zero_only
-
-    return getattr(rank_zero_only, "rank", 0) == 0
-
-
 def _job_num() -> Any:
     from hydra.core.hydra_config import HydraConfig
 
@@ -380,7 +374,7 @@ def _failed_job(cfg: DictConfig, exc: BaseException) -> None:
     """Record a failed sweep job (unless train() already did) and say so in one line."""
     from lm_lightning import runs
 
-    if _is_rank_zero():
+    if env_is_global_zero():
         try:
             runs.record_failure(cfg, output_dir(cfg), exc)
         except Exception as record_exc:  # the index must never take the sweep down

@@ -25,17 +25,6 @@ import torch
 
 log = logging.getLogger("lm_lightning")
 
-# Dense bf16/fp16 tensor-core peaks (FLOP/s) for devices we have presets for.
-PEAK_FLOPS = {"H100": 989e12, "A100": 312e12, "RTX 3060": 51e12, "GTX 1660": 10e12, "H200": 989e12}
-
-
-def peak_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
-
-
 def layer_of(name: str) -> str:
     """Group parameter names by layer: ``model.h.3.attn.c_attn.weight`` -> ``h.3``."""
     name = re.sub(r"^(model\.|_orig_mod\.)+", "", name)
@@ -52,14 +41,6 @@ class Monitoring(pl.Callback):
         self.val_curve: list[tuple[int, float]] = []
         self.grad_flow: dict[str, list[float]] = {}
         self._t0: float | None = None
-        self._flops_per_token: float | None = None
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        model = getattr(pl_module, "model", None)
-        if model is not None and hasattr(model, "num_params"):
-            cfg = model.config
-            # 6N per token for the matmuls plus attention's 12 * L * C * T (PaLM appendix B).
-            self._flops_per_token = 6 * model.num_params() + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._t0 is None:
@@ -104,10 +85,7 @@ class Monitoring(pl.Callback):
         if ids is not None and iter_ms > 0:
             tokens = ids.numel() * trainer.accumulate_grad_batches * trainer.world_size
             tps = tokens / (iter_ms / 1000)
-            pl_module.log("train/tokens_per_sec", tps)
-            peak = peak_flops(pl_module.device)
-            if peak and self._flops_per_token:
-                pl_module.log("train/mfu", tps * self._flops_per_token / (peak * trainer.world_size))
+            pl_module.log("train/tokens_per_sec", tps)  # MFU is logged by progress.Throughput
         loss = trainer.callback_metrics.get("train/loss")
         if loss is not None:
             self.train_curve.append((step, float(loss)))

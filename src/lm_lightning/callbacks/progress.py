@@ -81,7 +81,8 @@ def seconds_since_process_start() -> float:
 
 
 # Dense bf16 peak FLOP/s by device name, for MFU. Unknown devices report no MFU.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "RTX 3060": 51e12}
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "RTX 3060": 51e12,
+              "GTX 1660": 10e12}
 
 
 def device_peak_flops(device) -> float | None:
@@ -149,7 +150,8 @@ class Throughput(pl.Callback):
                 fpt = model.flops_per_token() if peak and hasattr(model, "flops_per_token") else 0.0
                 self._mfu_per_token = fpt / peak if peak else 0.0
             if self._mfu_per_token:
-                self.last["train/mfu"] = self.last["train/tokens_per_s"] * self._mfu_per_token
+                # Per device: tokens_per_s counts every rank, the peak is one GPU's.
+                self.last["train/mfu"] = self.last["train/tokens_per_s"] * self._mfu_per_token / world
                 pl_module.log("train/mfu", self.last["train/mfu"])
         self._interval_start, self._interval_samples, self._interval_tokens = None, 0, 0
 
