@@ -26,7 +26,7 @@ def overrides_for(model: str, steps: int, device: str, batch: int, block: int, p
     ]
 
 
-def trainer_ms_per_step(overrides: list[str], runs_root: str) -> tuple[float, float]:
+def trainer_ms_per_step(overrides: list[str], runs_root: str, stat: str = "mean") -> tuple[float, float]:
     from bench import timing
     from lm_lightning.train import train
 
@@ -34,10 +34,13 @@ def trainer_ms_per_step(overrides: list[str], runs_root: str) -> tuple[float, fl
     with contextlib.redirect_stdout(None):
         train(cfg)
     t = timing.RESULTS["step_timer"]
-    return t.ms_per_step, t.data_wait_fraction
+    return (t.median_ms if stat == "median" else t.ms_per_step), t.data_wait_fraction
 
 
-def plain_ms_per_step(overrides: list[str], warmup: int = 3) -> float:
+def plain_ms_per_step(overrides: list[str], warmup: int = 3, stat: str = "mean") -> float:
+    """Mean ms per step over steps [warmup, end); ``stat="median"``: the median step-to-step
+    time instead, which shrugs off a shared machine's stalls (CPU only: on a GPU the steps
+    are asynchronous and only the mean is meaningful)."""
     from hydra.utils import instantiate
 
     from lm_lightning.module import LMModule
@@ -58,6 +61,7 @@ def plain_ms_per_step(overrides: list[str], warmup: int = 3) -> float:
     loader = iter(dm.train_dataloader())
     steps = cfg.trainer.max_steps
     t0 = None
+    ends: list[float] = []
     for step in range(steps):
         if step == warmup:
             if device.type == "cuda":
@@ -74,8 +78,13 @@ def plain_ms_per_step(overrides: list[str], warmup: int = 3) -> float:
         scaler.update()
         opt.zero_grad(set_to_none=True)
         sched.step()
+        if t0 is not None:
+            ends.append(time.perf_counter())
     if device.type == "cuda":
         torch.cuda.synchronize()
+    if stat == "median":
+        gaps = sorted(b - a for a, b in zip(ends, ends[1:]))
+        return 1000.0 * gaps[len(gaps) // 2]
     return 1000.0 * (time.perf_counter() - t0) / (steps - warmup)
 
 
@@ -92,3 +101,23 @@ def measure(model: str, steps: int, device: str = "cpu", batch: int = 64, block:
     p, o = plain[len(plain) // 2], ours[len(ours) // 2]
     return {"model": model, "device": device, "batch": batch, "block": block, "precision": precision,
             "steps": steps, "plain_ms": p, "trainer_ms": o, "ratio": o / p}
+
+
+def framework_tax(steps: int = 300, repeats: int = 5, runs_root: str = "/tmp/lm_bench") -> dict:
+    """The trainer's own per-step cost in ms: a model so small (model=tiny, batch 4 x 16) that a
+    step is almost all Python, so the difference between the trainer and the plain loop is what
+    Lightning, our callbacks and logging add to every step. One thread, medians of per-step
+    times, both sides alternated; this is the cost that decides the GPU ratio for small models,
+    whose steps are CPU-bound."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ov = overrides_for("tiny", steps, "cpu", 4, 16, "32-true")
+        plain, ours = [], []
+        for _ in range(repeats):
+            plain.append(plain_ms_per_step(ov, stat="median"))
+            ours.append(trainer_ms_per_step(ov, runs_root, stat="median")[0])
+    finally:
+        torch.set_num_threads(threads)
+    p, o = sorted(plain)[len(plain) // 2], sorted(ours)[len(ours) // 2]
+    return {"plain_ms": p, "trainer_ms": o, "tax_ms": o - p, "steps": steps, "repeats": repeats}

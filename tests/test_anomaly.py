@@ -74,3 +74,61 @@ def test_collatz_data_anomalies_reach_the_guard(tmp_path):
     assert first["kind"] == "step_cap" and int(first["n"]) > 1 and first["step"] == 0
     state = read_checkpoint(s["last_checkpoint"])["callbacks"]["AnomalyGuard"]
     assert state["data_anomalies"] == len(lines)
+
+
+@pytest.mark.slow
+def test_fused_adamw_skips_on_the_device_and_the_host_reads_only_at_checks(tmp_path, monkeypatch):
+    # The default optimizer is fused AdamW, so a bad step is skipped by the kernel itself
+    # (found_inf) and the guard brings its flags to the host every check_every_n_steps only.
+    reads = []
+    real_read = AnomalyGuard._read
+
+    def counting_read(self, trainer, *a, **k):
+        if self._pending:
+            reads.append(trainer.global_step)
+        return real_read(self, trainer, *a, **k)
+
+    monkeypatch.setattr(AnomalyGuard, "_read", counting_read)
+    s = train_run(tmp_path, [POISON, "+callbacks.poison.steps=[2,3]", "trainer.max_steps=12",
+                             "callbacks.anomaly.check_every_n_steps=5", "callbacks.checkpointing.every_n_steps=6"],
+                  run_name="dev")
+    assert s["status"] == "finished" and s["global_step"] == 12
+    # Steps 0-4 are read at step 4, then the checkpoint at global_step 6 reads what is pending
+    # (so the skip count it saves is right), then steps 6-9 at step 9 and the last two at 11:
+    # 4 reads in 12 steps instead of 12.
+    assert reads == [4, 6, 9, 11]
+    ckpt = read_checkpoint(s["last_checkpoint"])
+    assert ckpt["callbacks"]["AnomalyGuard"]["skipped"] == 2
+    # Two of the 12 steps never happened for the optimizer: no update, no moment, no step count.
+    steps = {float(st["step"]) for st in ckpt["optimizer_states"][0]["state"].values()}
+    assert steps == {10.0}
+    assert finite(s["last_checkpoint"])
+
+
+def test_device_skip_leaves_parameters_moments_and_step_count_untouched():
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.AdamW([p], lr=0.1, fused=True)
+    guard = AnomalyGuard(check_every_n_steps=100)
+    trainer = types.SimpleNamespace(precision_plugin=None, global_step=0, max_steps=1000, is_global_zero=True,
+                                    accumulate_grad_batches=1, optimizers=[opt], callbacks=[])
+    module = types.SimpleNamespace(grad_norm=lambda: torch.linalg.vector_norm(p.grad))
+
+    def step(grad: float) -> None:
+        p.grad = torch.full((3,), grad)
+        guard.on_before_backward(trainer, module, torch.tensor(1.0))
+        guard.on_before_optimizer_step(trainer, module, opt)
+        opt.step()
+        guard.on_train_batch_end(trainer, module, None, None, 0)
+        trainer.global_step += 1
+
+    step(1.0)
+    state = {k: v.clone() for k, v in opt.state[p].items()}
+    before = p.detach().clone()
+    step(float("nan"))
+    assert torch.equal(p.detach(), before) and all(torch.equal(opt.state[p][k], v) for k, v in state.items())
+    assert guard.skipped == 0 and len(guard._pending) == 2  # not read yet: no sync was made
+    assert "found_inf" not in opt.__dict__  # cleared after the step, so it cannot skip a later one
+    step(1.0)
+    assert float(opt.state[p]["step"]) == 2.0 and not torch.equal(p.detach(), before)
+    guard._read(trainer, module, None, current_step=None)
+    assert guard.skipped == 1 and guard.events[-1]["step"] == 1

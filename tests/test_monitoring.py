@@ -70,3 +70,28 @@ def test_wandb_logger_config_builds_an_offline_logger(monkeypatch, tmp_path):
     logger = instantiate(cfg.logger.wandb)  # the wandb run itself starts lazily, on first log
     assert type(logger).__name__ == "WandbLogger"
     assert logger._offline and logger._wandb_init["name"] == "w"
+
+
+@pytest.mark.slow
+def test_train_metrics_reach_lightning_only_at_log_steps_and_are_never_stale(tmp_path, monkeypatch):
+    # self.log costs ~0.6 ms of Python per call in Lightning 2.6, so the module logs only at the
+    # batches Lightning's loggers write, and each written value is that very step's loss.
+    from reliability_helpers import read_losses
+
+    from lm_lightning.module import LMModule
+
+    calls = []
+    real_log = LMModule.log
+    monkeypatch.setattr(LMModule, "log", lambda self, name, *a, **k: (calls.append(name), real_log(self, name, *a, **k)))
+    train_run(tmp_path, ["trainer.max_steps=10", "logger=csv", "trainer.log_every_n_steps=5",
+                         "trainer.val_check_interval=100", "trainer.limit_val_batches=0",
+                         "+callbacks.rec._target_=reliability_helpers.LossRecorder",
+                         f"+callbacks.rec.path={tmp_path / 'losses.jsonl'}"], run_name="l")
+    assert calls.count("train/loss") == 2
+    per_step = {step: float.fromhex(h) for step, h in read_losses(tmp_path / "losses.jsonl")}
+    with open(tmp_path / "l" / "csv" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
+    # CSV `step` is the batch index; the recorder keys by global_step after that batch's update.
+    assert [int(r["step"]) for r in rows] == [4, 9]
+    for r in rows:
+        assert float(r["train/loss"]) == pytest.approx(per_step[int(r["step"]) + 1], rel=1e-6)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lm_lightning.atomic import fsync_replace, tmp_path
+from lm_lightning.metrics import current_metrics
 
 
 def has_best(trainer) -> bool:
@@ -23,7 +24,7 @@ def write_summary(trainer, run_dir: Path, status: str, elapsed: float,
     from lm_lightning.callbacks.progress import Throughput
 
     ckpt = trainer.checkpoint_callback
-    metrics = {k: _scalar(v) for k, v in trainer.callback_metrics.items()
+    metrics = {k: _scalar(v) for k, v in current_metrics(trainer).items()
                if k.startswith(("val/", "test/"))}
     summary: dict[str, Any] = {
         "status": status,

@@ -20,6 +20,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from lm_lightning.metrics import current_metrics
+
 log = logging.getLogger("lm_lightning")
 
 DISCORD_LIMIT = 2000
@@ -173,7 +175,7 @@ class Alerts(pl.Callback):
         n = self.progress_every_n_steps
         step = trainer.global_step
         if n and step and step % n == 0 and (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
-            loss = trainer.callback_metrics.get("train/loss")
+            loss = current_metrics(trainer).get("train/loss")
             self._send(trainer, f"step {step}" + (f": loss {float(loss):.4f}" if loss is not None else ""))
 
     def on_run_event(self, trainer, kind: str, message: str) -> None:

@@ -1,14 +1,24 @@
 """The anomaly guard: non-finite losses and gradients, loss spikes, and data anomalies.
 
-A non-finite loss or gradient is caught before the optimizer step it would poison. The step
-is skipped by dropping every gradient (PyTorch optimizers leave parameters without a gradient
-untouched: no update, no momentum, no weight decay). Policy ``skip`` counts it and stops the
-run after ``max_consecutive`` in a row; policy ``stop`` writes a diagnostic file and stops.
+A non-finite loss or gradient is caught before the optimizer step it would poison, and the
+step is skipped: no update, no momentum, no weight decay. Policy ``skip`` counts it and stops
+the run after ``max_consecutive`` in a row; policy ``stop`` writes a diagnostic file and stops.
 Either way the weights stay finite, and the checkpoint callback refuses non-finite weights.
 
-Cost: deciding to skip needs the answer on the host, so an enabled guard does one device->host
-sync per optimizer step (a single small tensor holding the flag and the loss). ``policy: off``
-removes it.
+How the step is skipped, and what it costs:
+
+- With a fused Adam/AdamW (the default optimizer, on CUDA and CPU) and policy ``skip``, the
+  skip happens on the device and costs no host sync: the non-finite flag goes to the fused
+  kernel as ``found_inf`` (the mechanism the fp16 GradScaler uses), which leaves parameters,
+  moments and step counts untouched. The host reads the flags and losses of the steps since
+  the last check every ``check_every_n_steps`` steps (the log interval, where Lightning syncs
+  anyway), and every step while steps keep failing, to count skips, stop after
+  ``max_consecutive`` and look for loss spikes.
+- Otherwise (other optimizers, Lookahead, policy ``stop``) the host must decide: one
+  device->host sync per optimizer step, and the skip drops every gradient (PyTorch optimizers
+  leave a parameter without a gradient untouched).
+
+``policy: off`` removes the guard.
 """
 
 from __future__ import annotations
@@ -30,16 +40,24 @@ log = logging.getLogger("lm_lightning")
 
 class AnomalyGuard(pl.Callback):
     def __init__(self, policy: str = "skip", max_consecutive: int = 5, spike_factor: float = 10.0,
-                 spike_window: int = 50, dirpath: str | None = None) -> None:
+                 spike_window: int = 50, dirpath: str | None = None, check_every_n_steps: int = 1) -> None:
         if policy not in ("skip", "stop", "off"):
             raise ValueError(f"anomaly policy must be skip, stop or off, got {policy!r}")
         self.policy, self.max_consecutive = policy, max(1, int(max_consecutive))
+        self.check_every_n_steps = max(1, int(check_every_n_steps))
         self.spike_factor, self.dirpath = float(spike_factor), Path(dirpath) if dirpath else None
         self.losses: deque[float] = deque(maxlen=max(3, int(spike_window)))
         self.skipped = self.consecutive = self.spikes = self.data_anomalies = 0
         self.reason: str | None = None
         self.events: list[dict[str, Any]] = []
         self._loss: torch.Tensor | None = None
+        self._pending: list[tuple[int, torch.Tensor]] = []  # (step, [flag, loss]) not yet read
+        self._watch = False  # the last step read was bad: read every step until one is good
+        self._trainer: pl.Trainer | None = None
+        self.device_skips = 0  # optimizer steps that ran with the skip decided on the device
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._trainer = trainer
 
     # -- catching non-finite values at the step -------------------------------------------------
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
@@ -52,28 +70,60 @@ class AnomalyGuard(pl.Callback):
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if self.policy == "off" or self._loss is None:
             return
-        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        loss, self._loss = self._loss, None
+        bad = ~torch.isfinite(loss)
         # With an fp16 GradScaler, overflowing gradients are normal and the scaler skips them.
-        scaled = getattr(trainer.precision_plugin, "scaler", None) is not None
-        bad = ~torch.isfinite(self._loss)
-        if grads and not scaled:
-            norms = torch._foreach_norm(grads)
-            bad = bad | ~torch.isfinite(torch.stack([n.to(bad.device) for n in norms]).sum())
-        flag, loss = torch.stack([bad.float(), self._loss.float()]).tolist()  # the one sync
-        self._loss = None
-        step = trainer.global_step
-        if flag:
-            self._non_finite(trainer, pl_module, optimizer, step, loss)
-        else:
-            self.consecutive = 0
-            self._check_spike(trainer, step, loss / trainer.accumulate_grad_batches)
+        if getattr(trainer.precision_plugin, "scaler", None) is None:
+            norm = pl_module.grad_norm() if hasattr(pl_module, "grad_norm") else _grad_norm(optimizer)
+            if norm is not None:
+                bad = bad | ~torch.isfinite(norm.to(bad.device))
+        self._pending.append((trainer.global_step, torch.stack([bad.float(), loss.float()])))
+        on_device = self.policy == "skip" and _skips_on_device(optimizer)
+        if on_device:
+            # The fused kernel reads found_inf after this hook: 1 skips the whole step.
+            device = optimizer.param_groups[0]["params"][0].device
+            optimizer.found_inf = bad.to(device=device, dtype=torch.float32)
+            optimizer.grad_scale = None
+            self.device_skips += 1
+            last = trainer.max_steps > 0 and trainer.global_step + 1 >= trainer.max_steps
+            if not (self._watch or last or (trainer.global_step + 1) % self.check_every_n_steps == 0):
+                return
+        self._read(trainer, pl_module, optimizer, current_step=trainer.global_step)
 
-    def _non_finite(self, trainer, pl_module, optimizer, step: int, loss: float) -> None:
-        bad_params = [n for n, p in pl_module.named_parameters()
-                      if p.grad is not None and not torch.isfinite(p.grad).all()]
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                p.grad = None  # the step becomes a no-op for every parameter
+    def _read(self, trainer, pl_module, optimizer, current_step: int | None) -> None:
+        """Bring the pending flags and losses to the host (the one sync) and act on them."""
+        if not self._pending:
+            return
+        steps = [step for step, _ in self._pending]
+        values = torch.stack([v for _, v in self._pending]).tolist()
+        self._pending.clear()
+        for step, (flag, loss) in zip(steps, values):
+            if flag:
+                self._non_finite(trainer, pl_module, optimizer, step, loss, current=step == current_step)
+            else:
+                self.consecutive = 0
+                self._check_spike(trainer, step, loss / trainer.accumulate_grad_batches)
+        self._watch = bool(values[-1][0])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # found_inf is for the step just taken only: a stale one would skip a later step.
+        for optimizer in trainer.optimizers:
+            if "found_inf" in optimizer.__dict__:
+                del optimizer.found_inf, optimizer.grad_scale
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._read(trainer, pl_module, None, current_step=None)
+
+    def _non_finite(self, trainer, pl_module, optimizer, step: int, loss: float, current: bool = True) -> None:
+        bad_params: list[str] = []
+        if current and optimizer is not None:
+            # This step's gradients are still here: name the bad ones, and skip the step by
+            # dropping every gradient (harmless when found_inf already skips it on the device).
+            bad_params = [n for n, p in pl_module.named_parameters()
+                          if p.grad is not None and not torch.isfinite(p.grad).all()]
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None
         self.skipped += 1
         self.consecutive += 1
         event = {"step": step, "kind": "non_finite", "loss": loss, "bad_grads": bad_params[:20]}
@@ -145,9 +195,24 @@ class AnomalyGuard(pl.Callback):
                     f.write(json.dumps({"step": trainer.global_step, **a}, default=str) + "\n")
 
     def state_dict(self) -> dict[str, Any]:
+        if self._pending and self._trainer is not None:  # a checkpoint counts every step before it
+            self._read(self._trainer, self._trainer.lightning_module, None, current_step=None)
         return {"skipped": self.skipped, "spikes": self.spikes, "data_anomalies": self.data_anomalies}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.skipped = int(state.get("skipped", 0))
         self.spikes = int(state.get("spikes", 0))
         self.data_anomalies = int(state.get("data_anomalies", 0))
+
+
+def _skips_on_device(optimizer) -> bool:
+    """A fused torch Adam/AdamW: its step takes found_inf and skips itself on the device."""
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False)) and \
+        bool(getattr(optimizer, "defaults", {}).get("fused"))
+
+
+def _grad_norm(optimizer) -> torch.Tensor | None:
+    grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    if not grads:
+        return None
+    return torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(grads)]))

@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 
 from lm_lightning.atomic import fsync_replace, link_or_copy, tmp_path
+from lm_lightning.metrics import current_metrics
 
 log = logging.getLogger("lm_lightning")
 
@@ -160,7 +161,7 @@ class Checkpointing(Checkpoint):
             torch.set_rng_state(self._train_rng)
         if trainer.sanity_checking or trainer.fast_dev_run or not self.monitor or self.save_top_k == 0:
             return
-        value = trainer.callback_metrics.get(self.monitor)
+        value = current_metrics(trainer).get(self.monitor)
         if value is None:
             return
         score = float(value)

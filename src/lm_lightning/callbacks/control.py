@@ -21,6 +21,7 @@ from typing import Any
 import lightning.pytorch as pl
 
 from lm_lightning.callbacks.alerts import announce
+from lm_lightning.metrics import current_metrics
 
 log = logging.getLogger("lm_lightning")
 
@@ -218,7 +219,7 @@ class RunControl(pl.Callback):
         return time.monotonic() - self._start
 
     def status_line(self, trainer: pl.Trainer) -> str:
-        m = trainer.callback_metrics
+        m = current_metrics(trainer)
         parts = [f"step {trainer.global_step}" + (f"/{trainer.max_steps}" if trainer.max_steps > 0 else "")]
         for key, name in (("train/loss", "loss"), ("val/loss", "val_loss")):
             if key in m:

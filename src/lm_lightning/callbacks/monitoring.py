@@ -23,6 +23,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from lm_lightning.metrics import at_log_step, current_metrics
+
 log = logging.getLogger("lm_lightning")
 
 def layer_of(name: str) -> str:
@@ -49,15 +51,16 @@ class Monitoring(pl.Callback):
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         step = trainer.global_step
         per_layer = step % self.per_layer_every == 0
-        if step % self.log_every_n_steps and not per_layer:
-            return
-        named = [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None]
-        if not named:
-            return
-        norms = torch._foreach_norm([g for _, g in named])
-        total = torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
-        pl_module.log("train/grad_norm", total)
+        if at_log_step(trainer):
+            # The norm the anomaly guard and clipping share (LMModule.grad_norm), before clipping.
+            total = pl_module.grad_norm() if hasattr(pl_module, "grad_norm") else None
+            if total is not None:
+                pl_module.log("train/grad_norm", total)
         if per_layer:
+            named = [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None]
+            if not named:
+                return
+            norms = torch._foreach_norm([g for _, g in named])
             by_layer: dict[str, torch.Tensor] = {}
             for (name, _), n in zip(named, norms):
                 key = layer_of(name)
@@ -86,7 +89,7 @@ class Monitoring(pl.Callback):
             tokens = ids.numel() * trainer.accumulate_grad_batches * trainer.world_size
             tps = tokens / (iter_ms / 1000)
             pl_module.log("train/tokens_per_sec", tps)  # MFU is logged by progress.Throughput
-        loss = trainer.callback_metrics.get("train/loss")
+        loss = current_metrics(trainer).get("train/loss")
         if loss is not None:
             self.train_curve.append((step, float(loss)))
 

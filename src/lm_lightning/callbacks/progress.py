@@ -16,6 +16,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.callbacks.progress.rich_progress import RichProgressBarTheme
 
+from lm_lightning.metrics import current_metrics
+
 # What the bar shows, with short names that keep it on one line.
 BAR_METRICS = {"train/loss": "loss", "train/learning_rate": "lr", "train/samples_per_s": "samples/s",
                "val/loss": "val_loss"}
@@ -50,7 +52,7 @@ class ProgressBar(RichProgressBar):
         # Lightning converts every prog_bar=True metric to a Python number after *every*
         # batch (a host sync each step), so the product logs with prog_bar=False and the bar
         # reads these from callback_metrics itself, only when it refreshes.
-        metrics = trainer.callback_metrics
+        metrics = current_metrics(trainer)
         for key, short in BAR_METRICS.items():
             if key in metrics:
                 value = metrics[key]
