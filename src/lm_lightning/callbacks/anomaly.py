@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import statistics
 from collections import deque
 from pathlib import Path
@@ -51,10 +52,9 @@ class AnomalyGuard(pl.Callback):
         self.reason: str | None = None
         self.events: list[dict[str, Any]] = []
         self._loss: torch.Tensor | None = None
-        self._pending: list[tuple[int, torch.Tensor]] = []  # (step, [flag, loss]) not yet read
+        self._pending: list[tuple[int, torch.Tensor]] = []  # (step, [loss, grad norm]) not yet read
         self._watch = False  # the last step read was bad: read every step until one is good
         self._trainer: pl.Trainer | None = None
-        self.device_skips = 0  # optimizer steps that ran with the skip decided on the device
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         self._trainer = trainer
@@ -71,20 +71,19 @@ class AnomalyGuard(pl.Callback):
         if self.policy == "off" or self._loss is None:
             return
         loss, self._loss = self._loss, None
-        bad = ~torch.isfinite(loss)
+        norm = None
         # With an fp16 GradScaler, overflowing gradients are normal and the scaler skips them.
         if getattr(trainer.precision_plugin, "scaler", None) is None:
             norm = pl_module.grad_norm() if hasattr(pl_module, "grad_norm") else _grad_norm(optimizer)
-            if norm is not None:
-                bad = bad | ~torch.isfinite(norm.to(bad.device))
-        self._pending.append((trainer.global_step, torch.stack([bad.float(), loss.float()])))
+        # [loss, gradient norm]: the step is bad unless both are finite. Few small kernels, no sync.
+        record = torch.stack([loss.float(), loss.float() if norm is None else norm.to(loss.device, torch.float32)])
+        self._pending.append((trainer.global_step, record))
         on_device = self.policy == "skip" and _skips_on_device(optimizer)
         if on_device:
             # The fused kernel reads found_inf after this hook: 1 skips the whole step.
             device = optimizer.param_groups[0]["params"][0].device
-            optimizer.found_inf = bad.to(device=device, dtype=torch.float32)
+            optimizer.found_inf = (~torch.isfinite(record).all()).to(device=device, dtype=torch.float32)
             optimizer.grad_scale = None
-            self.device_skips += 1
             last = trainer.max_steps > 0 and trainer.global_step + 1 >= trainer.max_steps
             if not (self._watch or last or (trainer.global_step + 1) % self.check_every_n_steps == 0):
                 return
@@ -97,13 +96,15 @@ class AnomalyGuard(pl.Callback):
         steps = [step for step, _ in self._pending]
         values = torch.stack([v for _, v in self._pending]).tolist()
         self._pending.clear()
-        for step, (flag, loss) in zip(steps, values):
-            if flag:
+        bad = False
+        for step, (loss, norm) in zip(steps, values):
+            bad = not (math.isfinite(loss) and math.isfinite(norm))
+            if bad:
                 self._non_finite(trainer, pl_module, optimizer, step, loss, current=step == current_step)
             else:
                 self.consecutive = 0
                 self._check_spike(trainer, step, loss / trainer.accumulate_grad_batches)
-        self._watch = bool(values[-1][0])
+        self._watch = bad
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # found_inf is for the step just taken only: a stale one would skip a later step.
