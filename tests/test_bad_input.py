@@ -44,6 +44,7 @@ def one_line_exit_2(argv: list[str], capsys) -> str:
     ("model.block_size=16", "exceeds model.block_size"),
     ("resume=sometimes", "resume must be one of"),
     ("ckpt_path=/nonexistent/x.ckpt", "checkpoint not found"),
+    ("model.compile=fastest", "model.compile must be true, false or one of"),
 ])
 def test_impossible_configs_exit_2_with_one_line(tmp_path, capsys, override, message):
     err = one_line_exit_2([*BASE, f"paths.runs_root={tmp_path}", "run_name=x", override], capsys)

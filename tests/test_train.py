@@ -20,6 +20,23 @@ def test_fast_dev_run_in_process(make_cfg):
     assert summary["global_step"] == 1
 
 
+@pytest.mark.parametrize("value, expected", [("true", {}), ("max-autotune", {"mode": "max-autotune"})])
+def test_model_compile_compiles_forward_and_loss_with_the_mode(make_cfg, monkeypatch, value, expected):
+    # torch.compile itself (inductor) is too slow for the suite: record the call, run eagerly.
+    import torch
+
+    calls = []
+
+    def fake_compile(fn, **kwargs):
+        calls.append((fn.__name__, kwargs))
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    summary = train(make_cfg(*FAST, "trainer.fast_dev_run=true", f"model.compile={value}", f"run_name=c{len(value)}"))
+    assert summary["status"] == "finished"
+    assert calls == [("_forward_loss", expected)]
+
+
 def test_short_run_writes_run_directory(make_cfg, tmp_path):
     cfg = make_cfg(*FAST, "run_name=short")
     summary = train(cfg)

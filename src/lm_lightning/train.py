@@ -107,7 +107,22 @@ def check(cfg: DictConfig) -> Checked:
         if problem:
             raise UserError(problem)
         check_techniques(OmegaConf.to_container(cfg.optimizer), model_cfg.n_layer)
+        compile_mode(cfg.model.get("compile"))
     return Checked(datamodule=datamodule, model_cfg=model_cfg, precision=precision)
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_mode(value: Any) -> str | None:
+    """``model.compile``: false, true (torch.compile's default mode) or one of its modes."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "default"
+    if isinstance(value, str) and value in COMPILE_MODES:
+        return value
+    raise ValueError(f"model.compile must be true, false or one of {', '.join(COMPILE_MODES)}; got {value!r}")
 
 
 def prepare_early(datamodule: Any) -> None:
@@ -230,10 +245,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     if init_state is not None:
         module.model.load_state_dict(init_state, strict=False)
-    if cfg.model.get("compile"):
+    mode = compile_mode(cfg.model.get("compile"))
+    if mode:
         # Compiles the forward and loss without wrapping modules: parameter names (and so
         # checkpoints) stay the same as without compile.
-        module.compile()
+        module.compile(**({} if mode == "default" else {"mode": mode}))
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
     # max_time is enforced by RunControl (a budget per invocation, with a checkpoint at the end).
