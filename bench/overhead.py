@@ -121,3 +121,35 @@ def framework_tax(steps: int = 300, repeats: int = 5, runs_root: str = "/tmp/lm_
         torch.set_num_threads(threads)
     p, o = sorted(plain)[len(plain) // 2], sorted(ours)[len(ours) // 2]
     return {"plain_ms": p, "trainer_ms": o, "tax_ms": o - p, "steps": steps, "repeats": repeats}
+
+
+def optimizer_step_ms(model: str = "small", repeats: int = 50) -> dict:
+    """One AdamW step over a model preset's parameters with the three PyTorch implementations
+    (per-tensor loop, foreach, fused), same groups and random gradients, on the CPU."""
+    from hydra.utils import instantiate
+
+    from lm_lightning.module import LMModule
+    from lm_lightning.optim import build_optimizer
+    from lm_lightning.train import check
+
+    cfg = compose([f"model={model}"])
+    checked = check(cfg)
+    module = LMModule(checked.model_cfg, {k: v for k, v in cfg.loss.weights.items() if k in checked.datamodule.objectives})
+    params = [p for p in module.parameters() if p.requires_grad]
+    out = {"model": model, "params": sum(p.numel() for p in params)}
+    for name, kw in (("single_tensor", {"foreach": False, "fused": False}), ("foreach", {"foreach": True, "fused": False}),
+                     ("fused", {"fused": True})):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        factory = instantiate(cfg.optimizer)
+        factory.keywords.update(kw)
+        opt = build_optimizer(factory, module, torch.device("cpu"))
+        for _ in range(5):
+            opt.step()
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            opt.step()
+            times.append(time.perf_counter() - t)
+        out[f"{name}_ms"] = 1000.0 * sorted(times)[len(times) // 2]
+    return out

@@ -50,6 +50,13 @@ def section_overhead() -> list[dict]:
     return [overhead.measure("small", 40, repeats=3), overhead.measure("medium", 12, batch=32, repeats=2)]
 
 
+def section_tax() -> dict:
+    from bench import overhead
+
+    return {"framework_tax": overhead.framework_tax(steps=300, repeats=7),
+            "optimizer": [overhead.optimizer_step_ms("small"), overhead.optimizer_step_ms("medium")]}
+
+
 def section_collatz() -> dict:
     import contextlib
 
@@ -110,7 +117,8 @@ def section_shakespeare() -> list[dict]:
     return rows
 
 
-SECTIONS = {"shakespeare": section_shakespeare, "memory": section_memory, "overhead": section_overhead, "collatz": section_collatz, "startup": section_startup}
+SECTIONS = {"shakespeare": section_shakespeare, "memory": section_memory, "overhead": section_overhead,
+            "tax": section_tax, "collatz": section_collatz, "startup": section_startup}
 
 
 def render(cpu: dict, gpu: dict | None, have_gpu: bool) -> str:
@@ -132,6 +140,21 @@ def render(cpu: dict, gpu: dict | None, have_gpu: bool) -> str:
         for r in cpu["overhead"]:
             out.append(f"| {r['model']} | {r['batch']} x {r['block']} | {r['plain_ms']:.1f} | {r['trainer_ms']:.1f} | "
                        f"{r['ratio']:.3f} |")
+        out.append("")
+    if "tax" in cpu:
+        t, opt = cpu["tax"]["framework_tax"], cpu["tax"]["optimizer"]
+        out += ["**The trainer's own cost per step.** At `model=small` the model's compute hides it; with "
+                "`model=tiny` at batch 4 x 16 a step is almost all Python, so the difference is what Lightning, our "
+                "callbacks and logging add to every step (one thread, median per-step times, both sides alternated "
+                f"{t['repeats']} times, {t['steps']} steps each): plain loop {t['plain_ms']:.2f} ms/step, trainer "
+                f"{t['trainer_ms']:.2f} ms/step, **{t['tax_ms']:.2f} ms per step**. This is the figure that decides the "
+                "GPU ratio for small models, whose steps are CPU-bound (section 6).", "",
+                "**Fused AdamW on the CPU** (the default now; median of one optimizer step over the preset's parameters, "
+                "same groups, random gradients):", "",
+                "| model | parameters | per-tensor loop ms | foreach ms | fused ms | fused speed-up |", "|---|---|---|---|---|---|"]
+        for r in opt:
+            out.append(f"| {r['model']} | {r['params']:,} | {r['single_tensor_ms']:.2f} | {r['foreach_ms']:.2f} | "
+                       f"{r['fused_ms']:.2f} | {r['single_tensor_ms'] / r['fused_ms']:.1f}x |")
         out.append("")
     if "shakespeare" in cpu:
         s = cpu["shakespeare"]

@@ -288,6 +288,28 @@ PROBE = textwrap.dedent('''
             if trainer.global_step == 0:  # after backward: gradients already all-reduced
                 self._save(trainer, "grads", {n: p.grad.detach().clone()
                                              for n, p in pl_module.named_parameters() if p.grad is not None})
+
+    class CountAllReduce(pl.Callback):
+        """Counts DDP's gradient all-reduces (rounds over the buckets) through a comm hook."""
+
+        def __init__(self, out):
+            self.out, self.rounds, self.micro_batches = out, 0, 0
+
+        def on_train_start(self, trainer, pl_module):
+            from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+            def hook(state, bucket):
+                self.rounds += bucket.index() == 0
+                return allreduce_hook(state, bucket)
+
+            trainer.strategy.model.register_comm_hook(None, hook)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.micro_batches += 1
+
+        def on_train_end(self, trainer, pl_module):
+            torch.save({"rounds": self.rounds, "micro_batches": self.micro_batches},
+                       os.path.join(self.out, f"allreduce_rank{trainer.global_rank}.pt"))
 ''')
 
 
@@ -382,16 +404,24 @@ def test_ddp_run_shares_one_run_dir_and_matches_single_process(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not _has_reliability(), reason="auto-resume (run_name reruns) lands with the reliability branch")
 def test_ddp_run_resumes(tmp_path):
-    args = [*DDP_ARGS, f"paths.runs_root={tmp_path / 'outputs'}", "run_name=resume"]
-    env = {"PYTHONPATH": _src_path()}
+    # With gradient accumulation 2: the resumed leg also counts DDP's gradient all-reduces.
+    probe_dir, env = _probe_env(tmp_path)
+    args = [*DDP_ARGS, f"paths.runs_root={tmp_path / 'outputs'}", "run_name=resume",
+            "trainer.accumulate_grad_batches=2"]
     first = run_train([*args, "trainer.max_steps=2", "trainer.val_check_interval=2"], cwd=tmp_path,
                       timeout=DDP_TIMEOUT, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
-    second = run_train(args, cwd=tmp_path, timeout=DDP_TIMEOUT, env=env)
+    second = run_train([*args, "+callbacks.count._target_=ddp_probe.CountAllReduce",
+                        f"+callbacks.count.out={probe_dir}"], cwd=tmp_path, timeout=DDP_TIMEOUT, env=env)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "Resumed from step 2" in second.stdout + second.stderr
     summary = json.loads((tmp_path / "outputs" / "resume" / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["global_step"] == 4 and summary["world_size"] == 2
+    # No gradient all-reduce on accumulation micro-steps: 4 micro-batches, 2 optimizer steps,
+    # 2 all-reduces on each rank (4 if every backward synchronised).
+    for rank in (0, 1):
+        counts = torch.load(probe_dir / f"allreduce_rank{rank}.pt", weights_only=True)
+        assert counts == {"rounds": 2, "micro_batches": 4}, (rank, counts)
 
 
 def _group_alive(pgid: int) -> bool:
