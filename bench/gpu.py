@@ -14,6 +14,7 @@ import contextlib
 import datetime
 import json
 import platform
+import subprocess
 from pathlib import Path
 
 import torch
@@ -24,7 +25,7 @@ from bench.compose import compose
 PEAK = 989e12
 
 
-def _base_overrides(batch: int, steps: int, compile_: bool) -> list[str]:
+def _base_overrides(batch: int, steps: int, compile_: bool | str) -> list[str]:
     return [
         "data=synthetic", f"data.batch_size={batch}", "data.block_size=1024", "data.num_workers=2",
         "model=base", f"model.compile={str(compile_).lower()}", "loss.weights={next_token: 1.0}",
@@ -55,18 +56,18 @@ def fits(batch: int) -> bool:
         torch.cuda.empty_cache()
 
 
-def mfu_run(runs_root: str, steps: int = 60) -> dict:
+def mfu_run(runs_root: str, steps: int = 60, compile_mode: str = "true") -> dict:
     from lm_lightning.model import GPT, ModelConfig
     from lm_lightning.train import train
 
     batch = next(b for b in (96, 64, 48, 32, 24, 16, 8) if fits(b))
-    cfg = compose([*_base_overrides(batch, steps, True), f"paths.runs_root={runs_root}", "run_name=mfu"])
+    cfg = compose([*_base_overrides(batch, steps, compile_mode), f"paths.runs_root={runs_root}", "run_name=mfu"])
     with contextlib.redirect_stdout(None):
         train(cfg)
     t = timing.RESULTS["step_timer"]
     tokens_per_s = batch * 1024 / (t.ms_per_step / 1000)
     fpt = GPT(ModelConfig(n_layer=12, n_head=12, n_embd=768, vocab_size=50304, block_size=1024)).flops_per_token()
-    return {"micro_batch": batch, "ms_per_step": t.ms_per_step, "tokens_per_s": tokens_per_s,
+    return {"micro_batch": batch, "compile": compile_mode, "ms_per_step": t.ms_per_step, "tokens_per_s": tokens_per_s,
             "mfu": tokens_per_s * fpt / PEAK, "flops_per_token": fpt, "data_wait_fraction": t.data_wait_fraction}
 
 
@@ -114,14 +115,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench/gpu_results.json")
     ap.add_argument("--runs-root", default="/tmp/lm_bench_gpu")
+    ap.add_argument("--compile", default="true", help="model.compile for the MFU run: true or a torch.compile mode")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     res: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
-                 "date": datetime.date.today().isoformat(), "python": platform.python_version()}
+                 "date": datetime.date.today().isoformat(), "python": platform.python_version(),
+                 "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                          text=True).stdout.strip() or "unknown"}
     import lightning
 
     res["lightning"] = lightning.__version__
-    res["mfu"] = mfu_run(args.runs_root)
+    res["mfu"] = mfu_run(args.runs_root, compile_mode=args.compile)
     print(json.dumps(res["mfu"]), flush=True)
     res["overhead"] = [base_overhead(args.runs_root, min(16, res["mfu"]["micro_batch"])),
                        {**overhead.measure("small", 200, device="gpu", precision="bf16-mixed", repeats=2,
@@ -132,7 +136,7 @@ def main() -> None:
     res["collatz"] = [collatz_gpu(args.runs_root, w) for w in (0, 6)]
     print(json.dumps(res["collatz"]), flush=True)
     res["activation_checkpointing"] = activation_checkpointing(args.runs_root, 32)
-    print(json.dumps(res["collatz"]), flush=True)
+    print(json.dumps(res["activation_checkpointing"]), flush=True)
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
 
 

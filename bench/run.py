@@ -202,7 +202,8 @@ def render(cpu: dict, gpu: dict | None, have_gpu: bool) -> str:
                 "machine.", ""]
     if gpu:
         g = gpu["mfu"]
-        out += [f"Recorded {gpu['date']} on {gpu['device']} (torch {gpu['torch']}, Lightning {gpu['lightning']}).", "",
+        at = f", commit {gpu['commit']}" if gpu.get("commit") else ""
+        out += [f"Recorded {gpu['date']} on {gpu['device']} (torch {gpu['torch']}, Lightning {gpu['lightning']}{at}).", "",
                 f"- `model=base` (GPT-2 124M shape), bf16, `model.compile=true`, block 1024, micro-batch {g['micro_batch']} "
                 f"(largest that fits): {g['ms_per_step']:.1f} ms/step, {g['tokens_per_s']:,.0f} tokens/s, "
                 f"**MFU {100 * g['mfu']:.1f}%** (989 TFLOP/s peak, {g['flops_per_token'] / 1e6:.0f} MFLOP/token; "
