@@ -13,7 +13,7 @@ import torchmetrics
 from lm_lightning.metrics import at_log_step
 from lm_lightning.model import GPT, ModelConfig
 from lm_lightning.objectives import HEADS, IGNORE_INDEX, multi_task_loss
-from lm_lightning.optim import build_optimizer, lightning_scheduler
+from lm_lightning.optim import build_optimizer, lightning_scheduler, total_grad_norm
 
 
 class LMModule(pl.LightningModule):
@@ -174,11 +174,7 @@ class LMModule(pl.LightningModule):
         scales by it and monitoring logs it, instead of each reading every gradient again.
         """
         if self._grad_norm is None:
-            grads = [p.grad for p in self._trained_parameters() if p.grad is not None]
-            if not grads:
-                return None
-            norms = torch._foreach_norm(grads)
-            self._grad_norm = torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
+            self._grad_norm = total_grad_norm(self._trained_parameters())
         return self._grad_norm
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:

@@ -125,6 +125,14 @@ def check_techniques(opt_cfg: Mapping[str, Any], n_layer: int) -> None:
         raise ValueError(f"optimizer.freeze_layers must be in [0, {n_layer}] (model.n_layer), got {layers}")
 
 
+def total_grad_norm(params) -> torch.Tensor | None:
+    """The 2-norm over every gradient of ``params`` as one device tensor (no sync); None without any."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return None
+    return torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(grads)]))
+
+
 def build_optimizer(factory: Callable[..., torch.optim.Optimizer], model: torch.nn.Module,
                     device: torch.device, allow_fused: bool = True) -> torch.optim.Optimizer:
     """Call a (partial) optimizer factory with decay/no-decay groups; fused Adam(W).

@@ -35,6 +35,7 @@ import lightning.pytorch as pl
 import torch
 
 from lm_lightning.callbacks.alerts import announce
+from lm_lightning.optim import total_grad_norm
 
 log = logging.getLogger("lm_lightning")
 
@@ -74,7 +75,8 @@ class AnomalyGuard(pl.Callback):
         norm = None
         # With an fp16 GradScaler, overflowing gradients are normal and the scaler skips them.
         if getattr(trainer.precision_plugin, "scaler", None) is None:
-            norm = pl_module.grad_norm() if hasattr(pl_module, "grad_norm") else _grad_norm(optimizer)
+            norm = pl_module.grad_norm() if hasattr(pl_module, "grad_norm") else \
+                total_grad_norm(p for g in optimizer.param_groups for p in g["params"])
         # [loss, gradient norm]: the step is bad unless both are finite. Few small kernels, no sync.
         record = torch.stack([loss.float(), loss.float() if norm is None else norm.to(loss.device, torch.float32)])
         self._pending.append((trainer.global_step, record))
@@ -211,9 +213,3 @@ def _skips_on_device(optimizer) -> bool:
     return bool(getattr(optimizer, "_step_supports_amp_scaling", False)) and \
         bool(getattr(optimizer, "defaults", {}).get("fused"))
 
-
-def _grad_norm(optimizer) -> torch.Tensor | None:
-    grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-    if not grads:
-        return None
-    return torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(grads)]))
