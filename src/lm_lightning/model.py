@@ -22,16 +22,20 @@ class ModelConfig:
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
-    d_ff: int | None = None  # None: 4 * n_embd (gelu) or the 2/3-scaled width (swiglu)
+    n_kv_head: int | None = None  # grouped-query attention: key/value heads; None = n_head
+    d_ff: int | None = None  # None: 4 * n_embd (gelu, relu2) or the 2/3-scaled width (swiglu)
     vocab_size: int = 256
     block_size: int = 256
     dropout: float = 0.0
     pos_emb: str = "rope"  # rope | learned
     rope_theta: float = 10000.0
     norm: str = "layernorm"  # layernorm | rmsnorm
-    mlp: str = "gelu"  # gelu | swiglu
+    norm_eps: float | None = None  # None: 1e-5 for layernorm, 1e-6 for rmsnorm (Llama: 1e-5)
+    mlp: str = "gelu"  # gelu | swiglu | relu2
     bias: bool = False
     tie_weights: bool = True
+    qk_norm: bool = False  # RMSNorm of each head's queries and keys before RoPE
+    logit_softcap: float | None = None  # cap * tanh(logits / cap) on the output logits; None = off
     activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
@@ -43,25 +47,44 @@ class ModelConfig:
             raise ValueError(
                 f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
             )
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if not isinstance(self.n_kv_head, int) or isinstance(self.n_kv_head, bool) or self.n_kv_head <= 0:
+            raise ValueError(f"model.n_kv_head must be a positive integer, got {self.n_kv_head!r}")
+        if self.n_head % self.n_kv_head:
+            raise ValueError(
+                f"model.n_head ({self.n_head}) must be divisible by model.n_kv_head ({self.n_kv_head})"
+            )
         if self.pos_emb not in ("rope", "learned"):
             raise ValueError(f"model.pos_emb must be 'rope' or 'learned', got {self.pos_emb!r}")
         if self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2:
             raise ValueError("model.pos_emb=rope needs an even head size (n_embd / n_head)")
         if self.norm not in ("layernorm", "rmsnorm"):
             raise ValueError(f"model.norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
-        if self.mlp not in ("gelu", "swiglu"):
-            raise ValueError(f"model.mlp must be 'gelu' or 'swiglu', got {self.mlp!r}")
+        if self.mlp not in ("gelu", "swiglu", "relu2"):
+            raise ValueError(f"model.mlp must be 'gelu', 'swiglu' or 'relu2', got {self.mlp!r}")
+        if self.norm_eps is None:
+            self.norm_eps = 1e-5 if self.norm == "layernorm" else 1e-6
+        if not float(self.norm_eps) > 0:
+            raise ValueError(f"model.norm_eps must be positive, got {self.norm_eps}")
+        if self.logit_softcap is not None and not float(self.logit_softcap) > 0:
+            raise ValueError(f"model.logit_softcap must be positive (or null for off), got {self.logit_softcap}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.d_ff is None:
             # SwiGLU has three matrices instead of two: keep the parameter count comparable.
-            self.d_ff = 4 * self.n_embd if self.mlp == "gelu" else _round_up(8 * self.n_embd // 3, 64)
+            self.d_ff = _round_up(8 * self.n_embd // 3, 64) if self.mlp == "swiglu" else 4 * self.n_embd
         if self.d_ff <= 0:
             raise ValueError(f"model.d_ff must be positive, got {self.d_ff}")
 
     @property
     def head_size(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def kv_size(self) -> int:
+        """Width of the keys (and of the values): n_kv_head * head_size."""
+        return self.n_kv_head * self.head_size
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,8 +114,8 @@ class RMSNorm(nn.Module):
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
     if cfg.norm == "rmsnorm":
-        return RMSNorm(cfg.n_embd)
-    return nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        return RMSNorm(cfg.n_embd, cfg.norm_eps)
+    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
 
 
 def rope_cache(head_size: int, length: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,7 +126,10 @@ def rope_cache(head_size: int, length: int, theta: float) -> tuple[torch.Tensor,
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x: (B, nh, T, hs); rotate pairs (even, odd) of each head's channels.
+    # x: (B, nh, T, hs); rotate pairs (even, odd) of each head's channels. Hugging Face's Llama
+    # rotates halves (i, i + hs/2) instead; the two layouts differ only by a fixed permutation of
+    # each head's query/key rows, so hf_llama.py permutes those rows when converting and this
+    # one model reproduces LlamaForCausalLM exactly (q.k is unchanged by a shared permutation).
     x1, x2 = x[..., 0::2], x[..., 1::2]
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
@@ -111,11 +137,19 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class CausalSelfAttention(nn.Module):
+    """Multi-head attention with grouped-query K/V (n_kv_head <= n_head) and optional QK-norm.
+
+    c_attn's output rows are [q (n_head * hs); k (n_kv_head * hs); v (n_kv_head * hs)].
+    """
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.n_head = cfg.n_head
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.n_head, self.n_kv_head, self.head_size = cfg.n_head, cfg.n_kv_head, cfg.head_size
+        self.c_attn = nn.Linear(cfg.n_embd, cfg.n_embd + 2 * cfg.kv_size, bias=cfg.bias)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        # QK-norm: RMSNorm over each head's channels bounds the attention logits (OLMo 2, Qwen3).
+        self.q_norm = RMSNorm(cfg.head_size, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_size, cfg.norm_eps) if cfg.qk_norm else None
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.dropout = cfg.dropout
         self.use_rope = cfg.pos_emb == "rope"
@@ -128,14 +162,18 @@ class CausalSelfAttention(nn.Module):
         kv_cache: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        hs, kv = self.head_size, self.n_kv_head
+        q, k, v = self.c_attn(x).split([C, kv * hs, kv * hs], dim=2)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, kv, hs).transpose(1, 2)  # (B, n_kv, T, hs)
+        v = v.view(B, T, kv, hs).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.use_rope and rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         is_causal = attn_mask is None
         if kv_cache is not None:
+            # The cache holds only the n_kv_head key/value heads: GQA's memory saving.
             if "k" in kv_cache:
                 k = torch.cat([kv_cache["k"], k], dim=2)
                 v = torch.cat([kv_cache["v"], v], dim=2)
@@ -152,6 +190,7 @@ class CausalSelfAttention(nn.Module):
             attn_mask=attn_mask,
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=is_causal,
+            enable_gqa=kv != self.n_head,  # each K/V head serves n_head / n_kv_head query heads
         )  # (B, nh, T, hs): flash / memory-efficient kernels where the device has them
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -161,6 +200,7 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.swiglu = cfg.mlp == "swiglu"
+        self.relu2 = cfg.mlp == "relu2"
         width = cfg.d_ff * 2 if self.swiglu else cfg.d_ff
         self.c_fc = nn.Linear(cfg.n_embd, width, bias=cfg.bias)
         self.c_proj = nn.Linear(cfg.d_ff, cfg.n_embd, bias=cfg.bias)
@@ -171,6 +211,8 @@ class MLP(nn.Module):
         if self.swiglu:
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
+        elif self.relu2:
+            h = F.relu(h).square()  # ReLU²: sparse and cheap (Primer; modded-nanogpt)
         else:
             h = F.gelu(h, approximate="tanh")
         return self.dropout(self.c_proj(h))
@@ -288,8 +330,17 @@ class GPT(nn.Module):
         compiled model (``model.compile()``) covers the whole network.
         """
         h = self.hidden_states(idx, padding_mask)
-        logits = self.lm_head(h)
+        logits = self.logits(h)
         return (logits, h) if return_hidden else logits
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Output logits from final hidden states; soft-capped when ``logit_softcap`` is set."""
+        logits = self.lm_head(h)
+        cap = self.config.logit_softcap
+        if cap:
+            # Smoothly bounds every logit to (-cap, cap) (Gemma 2, modded-nanogpt).
+            logits = cap * torch.tanh(logits / cap)
+        return logits
 
     @torch.no_grad()
     def generate(
@@ -319,7 +370,7 @@ class GPT(nn.Module):
                 x = self.hidden_states(ctx, kv_caches=caches)
                 pos = ctx.shape[1] - 1
             pos += 1
-            logits = self.lm_head(x[:, -1, :]).float()  # (B, vocab)
+            logits = self.logits(x[:, -1, :]).float()  # (B, vocab)
             next_tok = sample_token(logits, temperature, top_k, top_p, generator)
             idx = torch.cat([idx, next_tok], dim=1)
         self.train(was_training)

@@ -31,12 +31,15 @@ class LMModule(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
         total_steps: int = 0,
+        z_loss: float = 0.0,
     ) -> None:
         super().__init__()
         model_cfg = model if isinstance(model, ModelConfig) else ModelConfig.from_dict(dict(model))
-        self.save_hyperparameters({"model": model_cfg.to_dict(), "loss_weights": dict(loss_weights)})
+        self.save_hyperparameters({"model": model_cfg.to_dict(), "loss_weights": dict(loss_weights),
+                                   "z_loss": float(z_loss)})
         self.config = model_cfg
         self.loss_weights = dict(loss_weights)
+        self.z_loss = float(z_loss)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.total_steps = total_steps
         self._loss_fn = self._forward_loss
@@ -92,7 +95,7 @@ class LMModule(pl.LightningModule):
         return loss
 
     def _forward_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return multi_task_loss(self(batch), batch, self.loss_weights)
+        return multi_task_loss(self(batch), batch, self.loss_weights, self.z_loss)
 
     def compile(self, **kwargs: Any) -> None:  # type: ignore[override]
         """Compile forward and loss together: the cross-entropy fuses with the output layer."""
@@ -111,6 +114,7 @@ class LMModule(pl.LightningModule):
 
     def _eval_step(self, batch: dict[str, Any]) -> None:
         outputs = self(batch)
+        # Validation scores the objectives alone: the z-loss is a training regulariser.
         loss, parts = multi_task_loss(outputs, batch, self.loss_weights)
         n = batch["input_ids"].shape[0]
         self.val_metrics["loss"].update(loss, n)

@@ -55,12 +55,32 @@ def check_weights(weights: Mapping[str, float], task_objectives: list[str]) -> d
     return out
 
 
+def z_loss(outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Mean of logsumexp(logits)^2 over the scored tokens (PaLM's z-loss).
+
+    Pulls the softmax normaliser towards 1 (log Z towards 0), which keeps logits from drifting
+    under bf16; the cross-entropy itself is unchanged by it.
+    """
+    logits = outputs["logits"]
+    lse = torch.logsumexp(logits.float(), dim=-1)  # (B, T)
+    keep = (batch["labels"] != IGNORE_INDEX).to(lse.dtype)
+    return (lse.square() * keep).sum() / keep.sum().clamp(min=1)
+
+
 def multi_task_loss(
     outputs: Mapping[str, torch.Tensor],
     batch: Mapping[str, torch.Tensor],
     weights: Mapping[str, float],
+    z_loss_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Total = sum of weight * objective; also returns each objective's unweighted value."""
+    """Total = sum of weight * objective (+ z_loss_weight * z-loss); also returns each part.
+
+    The z-loss is an auxiliary term, reported as ``z_loss``; ``next_token`` stays the pure
+    cross-entropy, so perplexity means what it says.
+    """
     parts = {name: OBJECTIVES[name](outputs, batch) for name in weights}
     total = sum(weights[name] * value for name, value in parts.items())
+    if z_loss_weight and "labels" in batch:
+        parts["z_loss"] = z_loss(outputs, batch)
+        total = total + z_loss_weight * parts["z_loss"]
     return total, parts

@@ -103,6 +103,11 @@ def check(cfg: DictConfig) -> Checked:
         arch["vocab_size"] = int(datamodule.vocab_size) if arch.get("vocab_size") is None else arch["vocab_size"]
         model_cfg = ModelConfig.from_dict(arch)
         check_weights(OmegaConf.to_container(cfg.loss.weights), datamodule.objectives)
+        z = cfg.loss.get("z_loss") or 0.0
+        if not isinstance(z, (int, float)) or isinstance(z, bool) or z < 0:
+            raise UserError(f"loss.z_loss must be a number >= 0 (0 = off), got {z!r}")
+        if z and "next_token" not in datamodule.objectives:
+            raise UserError("loss.z_loss needs a next-token objective (text or Collatz data)")
         problem = shared_run_dir_problem(cfg)
         if problem:
             raise UserError(problem)
@@ -241,6 +246,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         optimizer=instantiate(cfg.optimizer),
         scheduler=scheduler_factory(cfg),
         total_steps=max(0, max_steps),
+        z_loss=float(cfg.loss.get("z_loss") or 0.0),
     )
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     if init_state is not None:
