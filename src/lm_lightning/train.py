@@ -29,10 +29,12 @@ from lm_lightning.distributed import (
     sweep_jobs,
 )
 from lm_lightning.errors import UserError, one_line, report_and_exit, user_errors
+from lm_lightning.known_warnings import silence_known_warnings
 from lm_lightning.summary import has_best, print_final_table, write_summary
 
 log = logging.getLogger("lm_lightning")
 
+silence_known_warnings()  # at import: also covers processes that ddp_spawn starts
 CONF_DIR = Path(os.environ.get("LM_LIGHTNING_CONF", Path(__file__).resolve().parents[2] / "conf"))
 # Keys under `model:` that are run options rather than architecture.
 MODEL_RUN_KEYS = ("compile", "init_from")
@@ -206,6 +208,7 @@ def print_config(cfg: DictConfig) -> None:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train one run from a composed config; returns the summary (also written to summary.json)."""
+    silence_known_warnings()  # again: callers (notebooks, pytest's recwarn) may have reset the filters
     import lightning.pytorch as pl
     from hydra.utils import instantiate
 
