@@ -213,6 +213,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import instantiate
 
     from lm_lightning import runs
+    from lm_lightning.callbacks.model_summary import summary_callbacks
     from lm_lightning.module import LMModule
 
     run_dir = output_dir(cfg)
@@ -260,10 +261,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # checkpoints) stay the same as without compile.
         module.compile(**({} if mode == "default" else {"mode": mode}))
     callbacks = instantiate_group(cfg.get("callbacks"))
+    # Our model summary (no FLOPs column of zeros) in place of Lightning's default one.
+    callbacks += summary_callbacks(cfg.trainer.get("enable_model_summary"), callbacks)
     loggers = instantiate_group(cfg.get("logger"))
     # max_time is enforced by RunControl (a budget per invocation, with a checkpoint at the end).
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                          precision=checked.precision, max_time=None)
+                          precision=checked.precision, max_time=None, enable_model_summary=False)
     batch = log_effective_batch(trainer, datamodule)
     if trainer.is_global_zero:
         log.info("run directory: %s", run_dir)
