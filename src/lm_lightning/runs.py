@@ -5,7 +5,9 @@ one ``write`` on an ``O_APPEND`` descriptor under an exclusive ``flock``, so con
 never interleave. Readers fold events by ``run_id``; a run with no end event is ``running``
 (or was killed without a chance to record its end).
 
-    python -m lm_lightning.runs [--root outputs] [--experiment NAME] [--sweep DIR] [--plot FILE]
+    python -m lm_lightning.runs [root=outputs] [experiment=NAME] [sweep=DIR] [plot=FILE]
+
+Every option is also accepted argparse-style (``--root outputs``).
 """
 
 from __future__ import annotations
@@ -258,10 +260,38 @@ def plot(runs: list[dict[str, Any]], metric: str, path: Path) -> Path:
     return path
 
 
+def key_value_to_options(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """``key=value`` arguments, as the other commands take them (``root=DIR max=true``), as the
+    parser's ``--key value`` options; ``--`` options pass through unchanged."""
+    from lm_lightning.errors import UserError
+
+    options = {s[2:].replace("-", "_"): a for s, a in parser._option_string_actions.items() if s.startswith("--")}
+    options.pop("help", None)
+    out: list[str] = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if arg.startswith("-") or not sep:
+            out.append(arg)
+            continue
+        action = options.get(key.replace("-", "_"))
+        if action is None:
+            raise UserError(f"unknown argument {key!r}; known: {', '.join(sorted(options))}")
+        if action.nargs == 0:  # a flag: max=true, no_plot=false
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise UserError(f"{key} must be true or false, got {value!r}")
+            out += [action.option_strings[-1]] if value.lower() in ("true", "1") else []
+        else:
+            out.append(f"{action.option_strings[-1]}={value}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from lm_lightning.errors import UserError, exit_on_user_error
 
-    parser = argparse.ArgumentParser(prog="python -m lm_lightning.runs", description="List and compare runs.")
+    parser = argparse.ArgumentParser(
+        prog="python -m lm_lightning.runs",
+        description="List and compare runs. Every option also works as key=value, like the other commands: "
+                    "root=outputs sweep=DIR status=failed max=true no_plot=true.")
     parser.add_argument("--root", default="outputs", help="runs root holding runs.jsonl (default: outputs)")
     parser.add_argument("--experiment", help="only runs of this experiment")
     parser.add_argument("--sweep", help="only the jobs of this multirun directory")
@@ -270,10 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max", action="store_true", help="higher is better for --metric")
     parser.add_argument("--plot", help="where to write the comparison plot (default: <root>/runs_comparison.png)")
     parser.add_argument("--no-plot", action="store_true", help="print the table only")
-    args = parser.parse_args(argv)
     with exit_on_user_error():
+        args = parser.parse_args(key_value_to_options(sys.argv[1:] if argv is None else argv, parser))
         if not index_path(args.root).is_file():
-            raise UserError(f"no runs index at {index_path(args.root)}; train something first or pass --root")
+            raise UserError(f"no runs index at {index_path(args.root)}; train something first or pass root=DIR")
         runs = select(read_runs(args.root), args.experiment, args.sweep, args.status)
         if not runs:
             raise UserError("no runs match the filters")
