@@ -16,8 +16,8 @@ help:  ## list the targets
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstalls only when pyproject.toml changes: a second `make install` installs nothing.
-$(STAMP): pyproject.toml | $(PY)
+# Reinstalls only when pyproject.toml or setup.py changes: a second `make install` installs nothing.
+$(STAMP): pyproject.toml setup.py | $(PY)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH)"
 	$(PIP) install -q -e ".[dev]"
 	@touch $(STAMP)

@@ -34,8 +34,25 @@ from lm_lightning.summary import has_best, print_final_table, write_summary
 
 log = logging.getLogger("lm_lightning")
 
+
+def find_conf_dir() -> Path:
+    """Where the configs are: $LM_LIGHTNING_CONF if set; else the checkout's conf/ when this is
+    ``<repo>/src/lm_lightning`` (a development or editable install); else the copy shipped
+    inside the installed package (``lm_lightning/conf``, see setup.py)."""
+    if os.environ.get("LM_LIGHTNING_CONF"):
+        return Path(os.environ["LM_LIGHTNING_CONF"])
+    here = Path(__file__).resolve().parent
+    repo_conf = here.parents[1] / "conf"
+    if here.parent.name == "src" and (repo_conf / "train.yaml").is_file():
+        return repo_conf
+    from importlib.resources import files
+
+    return Path(str(files("lm_lightning") / "conf"))
+
+
 silence_known_warnings()  # at import: also covers processes that ddp_spawn starts
-CONF_DIR = Path(os.environ.get("LM_LIGHTNING_CONF", Path(__file__).resolve().parents[2] / "conf"))
+CONF_DIR = find_conf_dir()
+
 # Keys under `model:` that are run options rather than architecture.
 MODEL_RUN_KEYS = ("compile", "init_from")
 
@@ -500,7 +517,9 @@ def refuse_multirun_ddp(argv: list[str]) -> None:
 
 def main() -> None:
     if not CONF_DIR.is_dir():
-        report_and_exit(UserError(f"config directory {CONF_DIR} not found; set LM_LIGHTNING_CONF"))
+        how = ("fix LM_LIGHTNING_CONF" if os.environ.get("LM_LIGHTNING_CONF")
+               else "set LM_LIGHTNING_CONF to a directory holding train.yaml")
+        report_and_exit(UserError(f"config directory {CONF_DIR} not found; {how}"))
     precheck(sys.argv[1:])
     refuse_multirun_ddp(sys.argv[1:])
     hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")(task)()
