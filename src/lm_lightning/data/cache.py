@@ -1,7 +1,9 @@
 """Tokenize a split once into a flat uint16/uint32 token file; later runs reuse it.
 
-The cache file is keyed by (source identity, split, tokenizer): change a file, the split or
-the tokenizer and a new file is written; otherwise it is reused. Large splits are tokenized
+The cache file is keyed by (source identity, split, tokenizer): change a file, the split,
+the tokenizer or the document-boundary settings (part of the source identity) and a new file
+is written; otherwise it is reused. Document chunks get the tokenizer's end-of-text id
+between their documents (see :mod:`lm_lightning.data.documents`). Large splits are tokenized
 in several processes (each rebuilds the tokenizer from its plain spec), chunk by chunk, in
 order, with a bounded number of chunks in flight so memory stays small; a rich progress bar
 counts characters. Files are written under a temporary name and renamed when complete, so an
@@ -21,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from lm_lightning.data.documents import chunk_chars, encode_chunk
 from lm_lightning.data.tokenizers import from_spec
 from lm_lightning.data.tokens import dtype_for_vocab
 
@@ -53,8 +56,8 @@ def _init_worker(spec: dict[str, Any]) -> None:
     _worker_tok = from_spec(spec)
 
 
-def _encode_chunk(text: str) -> np.ndarray:
-    return _worker_tok.encode_array(text)
+def _encode_chunk(chunk: Any) -> np.ndarray:
+    return encode_chunk(_worker_tok, chunk)
 
 
 def _progress(total: int | None, description: str, enabled: bool):
@@ -65,7 +68,7 @@ def _progress(total: int | None, description: str, enabled: bool):
                     console=Console(stderr=True), disable=not enabled, transient=True)
 
 
-def write_tokens(chunks: Iterator[str], tokenizer: Any, out: str | Path, vocab_size: int,
+def write_tokens(chunks: Iterator[Any], tokenizer: Any, out: str | Path, vocab_size: int,
                  workers: int = 1, total_chars: int | None = None, description: str = "tokenizing",
                  meta: dict[str, Any] | None = None, progress: bool | None = None) -> dict[str, Any]:
     """Tokenize text chunks into ``out`` (raw ids) plus an ``out.json`` sidecar; returns the sidecar."""
@@ -95,7 +98,7 @@ def write_tokens(chunks: Iterator[str], tokenizer: Any, out: str | Path, vocab_s
                                      initargs=(tokenizer.spec(),)) as pool:
                 pending: deque = deque()
                 for chunk in chunks:
-                    pending.append((len(chunk), pool.submit(_encode_chunk, chunk)))
+                    pending.append((chunk_chars(chunk), pool.submit(_encode_chunk, chunk)))
                     if len(pending) >= 2 * workers:
                         n, fut = pending.popleft()
                         emit(n, fut.result())
@@ -104,7 +107,7 @@ def write_tokens(chunks: Iterator[str], tokenizer: Any, out: str | Path, vocab_s
                     emit(n, fut.result())
         else:
             for chunk in chunks:
-                emit(len(chunk), tokenizer.encode_array(chunk))
+                emit(chunk_chars(chunk), encode_chunk(tokenizer, chunk))
     side = {"dtype": dtype.name, "tokens": count, "vocab_size": int(vocab_size), "tokenizer": tokenizer.spec()}
     side.update(meta or {})
     side_tmp = Path(f"{tmp}.json")

@@ -3,7 +3,8 @@
 A source yields a split as text chunks of about ``CHUNK_CHARS`` characters, cut at line
 boundaries, so that a multi-GB corpus is never held in memory and chunks can be tokenized in
 parallel. ``identity()`` is what the token cache is keyed on: paths with their size and
-modification time, or the hub dataset's name and configuration.
+modification time, or the hub dataset's name and configuration (and, with document
+boundaries on, what a document is: see :mod:`lm_lightning.data.documents`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lm_lightning.data import documents as docs
+from lm_lightning.data.documents import last_cut as _last_cut
 from lm_lightning.errors import UserError
 
 SPLITS = ("train", "val", "test")
@@ -75,29 +78,21 @@ def _cut_chunks(pieces: Iterator[str], size: int = CHUNK_CHARS) -> Iterator[str]
         yield tail
 
 
-def _last_cut(text: str) -> int:
-    end = len(text)
-    while True:
-        i = text.rfind("\n", 0, end)
-        if i <= 0:
-            return -1
-        if i + 1 < len(text) and not text[i + 1].isspace():
-            return i + 1
-        end = i
-
-
 class TextFiles:
     """Local UTF-8 text: explicit train/val/test files (or globs), or one file split by fraction.
 
     Without ``val_path`` the training text is split by characters: the first ``1 - val_fraction``
     for training, the rest for validation (nanoGPT's shakespeare_char split). Without
-    ``test_path`` the test split is the validation split.
+    ``test_path`` the test split is the validation split. With ``doc_boundaries`` each file is
+    a document (cut further at ``doc_separator``); "auto" turns them on when a split has
+    several files or a separator is set.
     """
 
     kind = "text"
 
     def __init__(self, train_path: Any, val_path: Any = None, test_path: Any = None,
-                 val_fraction: float = 0.1) -> None:
+                 val_fraction: float = 0.1, doc_boundaries: bool | str = False,
+                 doc_separator: str | None = None) -> None:
         if train_path is None:
             raise UserError("data.train_path is required for data=text (a file, a glob or a list)")
         self.files = {"train": expand(train_path, "data.train_path"),
@@ -106,11 +101,25 @@ class TextFiles:
         if not self.files["val"] and not 0.0 < float(val_fraction) < 1.0:
             raise UserError(f"data.val_fraction must be in (0, 1) when data.val_path is not set, got {val_fraction}")
         self.val_fraction = float(val_fraction)
+        flag, sep = docs.boundary_flag(doc_boundaries), docs.separator(doc_separator)
+        self.auto_boundaries = flag == "auto"
+        if flag == "auto":
+            flag = sep is not None or any(len(f) > 1 for f in self.files.values())
+        self.doc_boundaries, self.doc_separator = flag, (sep if flag else None)
+
+    def no_documents(self) -> None:
+        self.doc_boundaries, self.doc_separator = False, None
 
     def _split_by_fraction(self) -> bool:
         return not self.files["val"]
 
     def identity(self, split: str) -> dict[str, Any]:
+        out = self._identity(split)
+        if self.doc_boundaries:
+            out["docs"] = {"eot": True, "sep": self.doc_separator}
+        return out
+
+    def _identity(self, split: str) -> dict[str, Any]:
         if split == "test" and self.files["test"]:
             return {"kind": "text", "files": file_identity(self.files["test"])}
         if self._split_by_fraction():
@@ -138,9 +147,13 @@ class TextFiles:
 
     def text(self, split: str) -> str:
         """The whole split as one string (for small corpora and character vocabularies)."""
-        return "".join(self.chunks(split))
+        return "".join(docs.strings(self.chunks(split)))
 
-    def chunks(self, split: str) -> Iterator[str]:
+    def chunks(self, split: str) -> Iterator[Any]:
+        """Plain text chunks; with document boundaries, document chunks (see documents.py)."""
+        if self.doc_boundaries:
+            yield from self._doc_chunks(split)
+            return
         if split == "test" and self.files["test"]:
             yield from self._stream(self.files["test"])
             return
@@ -154,16 +167,30 @@ class TextFiles:
             return
         yield from self._stream(self.files[self._resolve(split)])
 
+    def _doc_chunks(self, split: str) -> Iterator[list[str]]:
+        sep = self.doc_separator
+        if split == "test" and self.files["test"]:
+            events = docs.file_events(self.files["test"], sep, self._blocks)
+        elif self._split_by_fraction():
+            texts = [self._read([f]) for f in self.files["train"]]
+            total = sum(len(t) for t in texts)
+            cut = int(total * (1.0 - self.val_fraction))
+            lo, hi = (0, cut) if split == "train" else (cut, total)
+            events = docs.fraction_events(texts, lo, hi, sep, CHUNK_CHARS)
+        else:
+            events = docs.file_events(self.files[self._resolve(split)], sep, self._blocks)
+        yield from docs.doc_chunks(events, CHUNK_CHARS)
+
+    def _blocks(self, f: Path) -> Iterator[str]:
+        try:
+            with open(f, encoding="utf-8") as fh:
+                while block := fh.read(CHUNK_CHARS):
+                    yield block
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{f} is not UTF-8 text ({exc.reason}); use tokenizer=byte or convert it") from exc
+
     def _stream(self, files: list[Path]) -> Iterator[str]:
-        def pieces() -> Iterator[str]:
-            for f in files:
-                try:
-                    with open(f, encoding="utf-8") as fh:
-                        while block := fh.read(CHUNK_CHARS):
-                            yield block
-                except UnicodeDecodeError as exc:
-                    raise UserError(f"{f} is not UTF-8 text ({exc.reason}); use tokenizer=byte or convert it") from exc
-        yield from _cut_chunks(pieces())
+        yield from _cut_chunks(block for f in files for block in self._blocks(f))
 
 
 class HubDataset:
@@ -172,15 +199,26 @@ class HubDataset:
     ``path`` may also be a builder such as ``text``, ``json`` or ``parquet`` with local
     ``data_files``: the same code path, without the network. Rows are joined with
     ``separator`` (WikiText's rows are lines that keep their newline, so it uses "").
+    ``documents`` (rows | wikitext) says what a document is; boundaries ("auto": on when it is
+    set) put the tokenizer's end-of-text token between documents.
     """
 
     kind = "hf"
 
     def __init__(self, path: str, name: str | None = None, data_files: Any = None,
                  splits: dict[str, str] | None = None, text_field: str = "text",
-                 separator: str = "\n") -> None:
+                 separator: str = "\n", documents: str | None = None,
+                 doc_boundaries: bool | str = False) -> None:
         if not path:
             raise UserError("data.hf_path is required for a Hugging Face dataset")
+        flag, kind = docs.boundary_flag(doc_boundaries), docs.documents_kind(documents)
+        self.auto_boundaries = flag == "auto"
+        if flag == "auto":
+            flag = kind is not None
+        if flag and kind is None:
+            raise UserError(f"data.doc_boundaries=true needs data.documents ({' or '.join(docs.DOCUMENT_KINDS)}) "
+                            f"for a Hugging Face dataset: what a document is")
+        self.doc_boundaries, self.documents = flag, (kind if flag else None)
         self.path, self.name, self.text_field, self.separator = path, name, text_field, separator
         self.data_files = _plain(data_files)
         self.splits = dict(splits or {"train": "train", "val": "validation", "test": "test"})
@@ -197,8 +235,14 @@ class HubDataset:
             for entry in flat:
                 paths += expand(entry, "data.hf_data_files")
             files = file_identity(paths)
-        return {"kind": "hf", "path": self.path, "name": self.name, "files": files,
-                "split": self.splits.get(split, split), "field": self.text_field, "sep": self.separator}
+        out = {"kind": "hf", "path": self.path, "name": self.name, "files": files,
+               "split": self.splits.get(split, split), "field": self.text_field, "sep": self.separator}
+        if self.doc_boundaries:
+            out["docs"] = {"eot": True, "documents": self.documents}
+        return out
+
+    def no_documents(self) -> None:
+        self.doc_boundaries, self.documents = False, None
 
     def load(self, split: str):
         hub_split = self.splits.get(split)
@@ -234,9 +278,12 @@ class HubDataset:
         ds = self.load(split)
         return int(getattr(ds, "data", None).nbytes) if getattr(ds, "data", None) is not None else 0
 
-    def chunks(self, split: str) -> Iterator[str]:
+    def chunks(self, split: str) -> Iterator[Any]:
         ds = self.load(split)
         sep = self.separator
+        if self.doc_boundaries:
+            yield from docs.doc_chunks(docs.row_events(ds, self.text_field, self.documents, sep), CHUNK_CHARS)
+            return
 
         def pieces() -> Iterator[str]:
             for i in range(0, len(ds), 1000):
@@ -245,7 +292,7 @@ class HubDataset:
         yield from _cut_chunks(pieces())
 
     def text(self, split: str) -> str:
-        return "".join(self.chunks(split))
+        return "".join(docs.strings(self.chunks(split)))
 
 
 def _plain(value: Any) -> Any:

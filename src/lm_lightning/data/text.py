@@ -4,14 +4,15 @@
 GPT-2's) and tokenizes each split once into a cached token file; ``setup`` opens those files
 and the loaders cut windows from them (see :mod:`lm_lightning.data.tokens`). The tokenizer's
 plain spec is the module's ``state_dict()``, so it is stored in every checkpoint and
-evaluate / generate / export need nothing else.
+evaluate / generate / export need nothing else. Document boundaries (the tokenizer's
+end-of-text id between documents) and ``bos_aligned`` training windows: see
+:mod:`lm_lightning.data.documents`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from lm_lightning.data import cache
+from lm_lightning.data.documents import (
+    check_bos_aligned,
+    check_doc_options,
+    no_eot_message,
+    strings,
+    training_doc_starts,
+)
 from lm_lightning.data.sources import SPLITS, HubDataset, TextFiles
+from lm_lightning.data.streams import EpochLoader
 from lm_lightning.data.tokenizers import (
     GPT2_VOCAB_SIZE,
     KINDS,
@@ -36,24 +45,6 @@ from lm_lightning.data.tokens import RandomWindows, SequentialWindows, TokenFile
 from lm_lightning.errors import UserError
 
 log = logging.getLogger("lm_lightning")
-
-# RandomWindows has a length (one epoch) so that Lightning can count epochs and steps; each
-# worker draws distinct micro-batches, so the generic warning about duplicates does not apply.
-warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
-
-
-class _EpochLoader(DataLoader):
-    """Re-reads the resume position each time an epoch starts (workers get a fresh copy)."""
-
-    def __init__(self, *args: Any, start_fn: Any = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.start_fn = start_fn
-
-    def __iter__(self):
-        if self.start_fn is not None:
-            self.dataset.start = self.start_fn()
-        return super().__iter__()
-
 
 class TextDataModule(pl.LightningDataModule):
     task = "text"
@@ -71,7 +62,9 @@ class TextDataModule(pl.LightningDataModule):
                  val_fraction: float = 0.1, dtype: str | None = None, vocab_size: int | None = None,
                  hf_path: str | None = None, hf_name: str | None = None, hf_data_files: Any = None,
                  hf_splits: dict[str, str] | None = None, text_field: str = "text", separator: str = "\n",
-                 pin_memory: bool | None = None) -> None:
+                 pin_memory: bool | None = None, doc_boundaries: bool | str = False,
+                 doc_separator: str | None = None, documents: str | None = None,
+                 bos_aligned: bool = False) -> None:
         super().__init__()
         if block_size < 1:
             raise ValueError(f"data.block_size must be positive, got {block_size}")
@@ -94,11 +87,16 @@ class TextDataModule(pl.LightningDataModule):
                 raise UserError("data=tokens needs data.train_path and data.val_path (token files)")
             self.files = {s: TokenFile(p, dtype) for s, p in self.token_paths.items() if p is not None}
         elif source == "text":
-            self.source = TextFiles(train_path, val_path, test_path, val_fraction)
+            check_doc_options(source, documents, doc_separator)
+            self.source = TextFiles(train_path, val_path, test_path, val_fraction, doc_boundaries, doc_separator)
         elif source == "hf":
-            self.source = HubDataset(hf_path, hf_name, hf_data_files, hf_splits, text_field, separator)
+            check_doc_options(source, documents, doc_separator)
+            self.source = HubDataset(hf_path, hf_name, hf_data_files, hf_splits, text_field, separator,
+                                     documents, doc_boundaries)
         else:
             raise ValueError(f"data.source must be text, hf or tokens, got {source!r}")
+        self.bos_aligned = check_bos_aligned(bos_aligned, self.source)
+        self._doc_starts: Any = None
         if self.source is not None and kind not in KINDS:
             raise ValueError(f"tokenizer.kind must be one of {list(KINDS)}, got {kind!r}")
         self.source_kind = source
@@ -136,7 +134,11 @@ class TextDataModule(pl.LightningDataModule):
         """Tokenize with a given tokenizer (a checkpoint's) instead of building one from config."""
         self._tokenizer = tokenizer
         self._vocab_size = int(vocab_size or tokenizer.vocab_size)
-        self.paths, self._datasets = {}, {}
+        self.paths, self._datasets, self._doc_starts = {}, {}, None
+        source = self.source
+        if source is not None and source.doc_boundaries and getattr(tokenizer, "eot_id", None) is None \
+                and source.auto_boundaries:
+            source.no_documents()  # a checkpoint from before document boundaries: its data had none
 
     @property
     def tokenizer(self):
@@ -160,17 +162,18 @@ class TextDataModule(pl.LightningDataModule):
                                 "with the checkpoints)", self.files["train"].path)
                     return None
                 return load_bpe_file(self.tok_cfg["path"])
+        eot = self.source is not None and bool(self.source.doc_boundaries)
         if kind == "byte":
-            return ByteTokenizer()
+            return ByteTokenizer(eot=eot)
         if kind == "gpt2":
             return load_gpt2(self.tok_cfg.get("name") or "gpt2")
         if kind == "char":
             # nanoGPT's vocabulary: every character of the corpus (val/test characters included).
             chars: set[str] = set()
             for split in SPLITS:
-                for chunk in self.source.chunks(split):
-                    chars.update(chunk)
-            return CharTokenizer("".join(chars))
+                for text in strings(self.source.chunks(split)):
+                    chars.update(text)
+            return CharTokenizer("".join(chars), eot=eot)
         if kind == "bpe":
             return self._bpe()
         raise UserError(f"tokenizer.kind {kind!r} needs a text source")
@@ -186,7 +189,7 @@ class TextDataModule(pl.LightningDataModule):
             path = self.cache_dir / f"tokenizer-bpe{size}-{key}.json"
             if path.is_file():
                 return load_bpe_file(path)
-        tok = train_bpe(self.source.chunks("train"), size, int(self.tok_cfg.get("min_frequency", 2)))
+        tok = train_bpe(strings(self.source.chunks("train")), size, int(self.tok_cfg.get("min_frequency", 2)))
         save_bpe_file(tok, path)
         return tok
 
@@ -195,13 +198,23 @@ class TextDataModule(pl.LightningDataModule):
         """Tokenize every split into the cache (once; later runs reuse the files)."""
         if self.source is None:
             _ = self.tokenizer  # token files: resolve (or report) the tokenizer before training starts
-            return
-        tok = self.tokenizer
-        for split in SPLITS:
-            if split == "test" and not self._has_test():
-                continue
-            self.paths[split] = cache.build_split(self.source, split, tok, self.vocab_size, self.cache_dir,
-                                                  self.prepare_workers)
+        else:
+            tok = self.tokenizer
+            if self.source.doc_boundaries and getattr(tok, "eot_id", None) is None:
+                raise UserError(no_eot_message(tok))
+            for split in SPLITS:
+                if split == "test" and not self._has_test():
+                    continue
+                self.paths[split] = cache.build_split(self.source, split, tok, self.vocab_size, self.cache_dir,
+                                                      self.prepare_workers)
+        if self.bos_aligned:
+            self.doc_starts()  # a split without documents is reported before the run starts
+
+    def doc_starts(self):
+        """Where the training split's documents start (0 and after each end-of-text token)."""
+        if self._doc_starts is None:
+            self._doc_starts = training_doc_starts(self.tokenizer, self._token_file("train"))
+        return self._doc_starts
 
     def _has_test(self) -> bool:
         if isinstance(self.source, HubDataset):
@@ -254,7 +267,7 @@ class TextDataModule(pl.LightningDataModule):
         if start_fn is None:  # evaluation windows: a plain map-style loader (samplers work as usual)
             return DataLoader(dataset, batch_size=None, num_workers=0, pin_memory=pin)
         # Workers are not persistent: each epoch hands them the current resume position.
-        return _EpochLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=pin,
+        return EpochLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=pin,
                             start_fn=start_fn)
 
     def train_dataloader(self) -> DataLoader:
@@ -262,7 +275,7 @@ class TextDataModule(pl.LightningDataModule):
         rank, world = self._rank()
         stream = RandomWindows(self._datasets["train"], self.batch_size, self.block_size, self.seed,
                                self.steps_per_epoch(), rank=rank, world_size=world, start=self._start_step(),
-                               augment_p=self.augment_p)
+                               augment_p=self.augment_p, doc_starts=self.doc_starts() if self.bos_aligned else None)
         return self._loader(stream, start_fn=self._start_step)
 
     def val_dataloader(self, capped: bool = True) -> DataLoader:
@@ -278,7 +291,8 @@ class TextDataModule(pl.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         tok = self.tokenizer
         return {"tokenizer": tok.spec() if tok is not None else None, "vocab_size": int(self.vocab_size),
-                "block_size": self.block_size, "source": self.source_kind}
+                "block_size": self.block_size, "source": self.source_kind, "bos_aligned": self.bos_aligned,
+                "doc_boundaries": bool(self.source.doc_boundaries) if self.source is not None else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         saved = state.get("tokenizer")

@@ -7,6 +7,12 @@ pretrained tokenizer). ``spec()`` returns plain containers only (kind, vocabular
 string, or hub name), so a checkpoint that stores it stays loadable with
 ``torch.load(weights_only=True)``; :func:`from_spec` rebuilds the tokenizer from it.
 
+End of text (``eot_id``, put between documents when document boundaries are on): BPE and
+GPT-2 have ``<|endoftext|>``; ``char`` and ``byte`` get one extra id after their symbols only
+when built with ``eot=True`` (``byte``: id 256 of 257; ``char``: id ``len(chars)``), so their
+vocabularies are unchanged otherwise. The extra id decodes as the text ``<|endoftext|>``, as
+GPT-2's does; text never encodes to it.
+
 Heavy libraries (tokenizers, transformers) are imported inside the functions that need them.
 """
 
@@ -30,11 +36,12 @@ GPT2_EOT = "<|endoftext|>"
 class CharTokenizer:
     kind = "char"
 
-    def __init__(self, chars: str) -> None:
+    def __init__(self, chars: str, eot: bool = False) -> None:
         if not chars:
             raise UserError("char tokenizer: the training text is empty")
         self.chars = "".join(sorted(set(chars)))
-        self.vocab_size = len(self.chars)
+        self.eot_id = len(self.chars) if eot else None
+        self.vocab_size = len(self.chars) + (1 if eot else 0)
         self._stoi = {c: i for i, c in enumerate(self.chars)}
         # Code points below 65536 map through a lookup table: encoding a large text is one
         # numpy gather instead of a Python loop.
@@ -59,15 +66,19 @@ class CharTokenizer:
         return ids
 
     def decode(self, ids: Iterable[int]) -> str:
-        return "".join(self.chars[i] for i in ids if 0 <= i < self.vocab_size)
+        n = len(self.chars)
+        return "".join(self.chars[i] if i < n else GPT2_EOT for i in ids if 0 <= i < self.vocab_size)
 
     def spec(self) -> dict[str, Any]:
-        return {"kind": "char", "chars": self.chars}
+        return {"kind": "char", "chars": self.chars, **({"eot": True} if self.eot_id is not None else {})}
 
 
 class ByteTokenizer:
     kind = "byte"
-    vocab_size = 256
+
+    def __init__(self, eot: bool = False) -> None:
+        self.eot_id = 256 if eot else None
+        self.vocab_size = 257 if eot else 256
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
@@ -76,10 +87,20 @@ class ByteTokenizer:
         return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64)
 
     def decode(self, ids: Iterable[int]) -> str:
-        return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
+        ids = [i for i in ids if 0 <= i < self.vocab_size]
+        if self.eot_id is None or self.eot_id not in ids:
+            return bytes(ids).decode("utf-8", errors="replace")
+        out, run = [], []
+        for i in ids + [self.eot_id]:
+            if i == self.eot_id:
+                out.append(bytes(run).decode("utf-8", errors="replace"))
+                run = []
+            else:
+                run.append(i)
+        return GPT2_EOT.join(out)
 
     def spec(self) -> dict[str, Any]:
-        return {"kind": "byte"}
+        return {"kind": "byte", **({"eot": True} if self.eot_id is not None else {})}
 
 
 class HFTokenizer:
@@ -118,9 +139,9 @@ def from_spec(spec: dict[str, Any] | None) -> CharTokenizer | ByteTokenizer | HF
         return None
     kind = spec.get("kind")
     if kind == "char":
-        return CharTokenizer(spec["chars"])
+        return CharTokenizer(spec["chars"], eot=bool(spec.get("eot")))
     if kind == "byte":
-        return ByteTokenizer()
+        return ByteTokenizer(eot=bool(spec.get("eot")))
     if kind == "bpe":
         from tokenizers import Tokenizer
 

@@ -8,7 +8,10 @@ dataloader worker opens its own file descriptor on first use (nothing is copied 
 
 Training windows are random contiguous ``block_size + 1`` tokens; micro-batch ``s`` of rank
 ``r`` (of ``R``) draws its starts from a generator seeded by ``(seed, s, r)``, so a resumed
-run sees exactly the batches an uninterrupted one would, and ranks differ. Evaluation
+run sees exactly the batches an uninterrupted one would, and ranks differ. With
+``doc_starts`` (``data.bos_aligned``) each window starts at a document start drawn uniformly
+from those that leave a full window, the same pure function of (seed, s, r); a document
+shorter than the window runs on into the next one (after its end-of-text token). Evaluation
 windows are sequential and non-overlapping and cover the whole split: every token after the
 first is predicted exactly once.
 """
@@ -134,21 +137,26 @@ class RandomWindows(IterableDataset):
 
     def __init__(self, tokens: TokenFile, batch_size: int, block_size: int, seed: int,
                  steps_per_epoch: int, rank: int = 0, world_size: int = 1, start: int = 0,
-                 augment_p: float = 0.0) -> None:
+                 augment_p: float = 0.0, doc_starts: np.ndarray | None = None) -> None:
         if len(tokens) < block_size + 2:
             raise UserError(f"{tokens.path}: {len(tokens)} tokens is too few for data.block_size={block_size}")
         self.tokens, self.batch_size, self.block_size = tokens, batch_size, block_size
         self.seed, self.steps_per_epoch = seed, max(1, steps_per_epoch)
         self.rank, self.world_size, self.start, self.augment_p = rank, world_size, start, augment_p
+        self.span = min(2 * (block_size + 1) if augment_p > 0 else block_size + 1, len(tokens))
+        # Document starts that leave a full window (0 always does).
+        self.doc_starts = None if doc_starts is None else doc_starts[doc_starts <= len(tokens) - self.span]
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         """Micro-batch ``step`` of this rank: a pure function of (seed, step, rank)."""
         rng = np.random.default_rng([self.seed, step, self.rank])
         T = self.block_size + 1
         # With augmentation read twice the length: deletions must still leave T tokens.
-        span = 2 * T if self.augment_p > 0 else T
-        span = min(span, len(self.tokens))
-        starts = rng.integers(0, len(self.tokens) - span + 1, size=self.batch_size)
+        span = self.span
+        if self.doc_starts is not None:
+            starts = self.doc_starts[rng.integers(0, len(self.doc_starts), size=self.batch_size)]
+        else:
+            starts = rng.integers(0, len(self.tokens) - span + 1, size=self.batch_size)
         rows = []
         for s in starts:
             w = self.tokens.read(int(s), span)
