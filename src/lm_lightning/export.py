@@ -2,12 +2,19 @@
 
     python -m lm_lightning.export ckpt=PATH out=DIR
 
-Always written: ``lm_lightning_config.json`` (our model config and the tokenizer spec) and
-``tokenizer_spec.json``. A model with GPT-2's shape (``model=gpt2``: learned positions,
-LayerNorm with bias, GELU, tied weights) becomes a transformers folder, ``config.json`` plus
-``model.safetensors`` in GPT2LMHeadModel's layout, with the tokenizer saved for
-``AutoTokenizer`` when it is a BPE, so ``AutoModelForCausalLM.from_pretrained(DIR)`` loads it.
-Any other architecture is written as ``model.safetensors`` in our own parameter names.
+Always written: ``lm_lightning_config.json`` (our model config and the tokenizer kind),
+``tokenizer_spec.json`` and a ``README.md`` model card. A model with a shape that transformers
+has a class for becomes a transformers folder that ``AutoModelForCausalLM.from_pretrained(DIR)``
+and ``AutoTokenizer.from_pretrained(DIR)`` load:
+
+- GPT-2's shape (``model=gpt2``: learned positions, LayerNorm with bias, GELU, tied weights):
+  ``config.json`` + ``model.safetensors`` in GPT2LMHeadModel's layout;
+- Llama's shape (``model=llama``: RoPE, RMSNorm, SwiGLU, no biases, any GQA): LlamaForCausalLM's
+  ``config.json``, ``model.safetensors`` and ``generation_config.json``.
+
+The tokenizer is saved as a fast tokenizer for every kind (bpe, gpt2, hf, byte, char; see
+hf_tokenizers.py). Any other architecture is written as ``model.safetensors`` in our own
+parameter names, and the printed JSON carries a ``note`` saying why.
 """
 
 from __future__ import annotations
@@ -24,23 +31,37 @@ USAGE = "python -m lm_lightning.export ckpt=PATH out=DIR [format=auto|hf|native]
 DEFAULTS: dict[str, Any] = {"ckpt": "", "out": "", "format": "auto"}
 
 
-def export(model: Any, tokenizer: Any, out: str | Path, fmt: str = "auto") -> dict[str, Any]:
+def hf_target(cfg: Any) -> tuple[str | None, dict[str, list[str]]]:
+    """('gpt2' | 'llama' | None, the problems for each transformers class)."""
     from lm_lightning.hf_gpt2 import gpt2_shape_problems
+    from lm_lightning.hf_llama import llama_shape_problems
+
+    problems = {"gpt2": gpt2_shape_problems(cfg), "llama": llama_shape_problems(cfg)}
+    return next((k for k, v in problems.items() if not v), None), problems
+
+
+def export(model: Any, tokenizer: Any, out: str | Path, fmt: str = "auto",
+           source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the folder; ``source`` (checkpoint path, step, run config, command) feeds the model card."""
+    from lm_lightning.model_card import write_model_card
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"out={out} exists and is not a directory")
-    problems = gpt2_shape_problems(model.config)
     if fmt not in ("auto", "hf", "native"):
         raise UserError(f"format must be auto, hf or native, got {fmt!r}")
-    if fmt == "hf" and problems:
-        raise UserError("format=hf needs GPT-2's architecture: " + ", ".join(problems))
-    as_hf = fmt == "hf" or (fmt == "auto" and not problems)
+    target, problems = hf_target(model.config)
+    if fmt == "hf" and target is None:
+        raise UserError("format=hf needs GPT-2's architecture (model=gpt2) or Llama's (model=llama); this model: "
+                        + "; ".join(problems["gpt2"] + problems["llama"]))
+    as_hf = target is not None and fmt != "native"
     out.mkdir(parents=True, exist_ok=True)
     spec = tokenizer.spec() if tokenizer is not None else None
+    result: dict[str, Any] = {"out": str(out), "format": "hf" if as_hf else "native"}
     if as_hf:
-        _save_hf(model, out)
-        if tokenizer is not None and tokenizer.kind in ("bpe", "gpt2"):
+        _save_gpt2(model, out) if target == "gpt2" else _save_llama(model, tokenizer, out)
+        result["architecture"] = "GPT2LMHeadModel" if target == "gpt2" else "LlamaForCausalLM"
+        if tokenizer is not None:
             _save_hf_tokenizer(tokenizer, out)
     else:
         from safetensors.torch import save_file
@@ -48,15 +69,21 @@ def export(model: Any, tokenizer: Any, out: str | Path, fmt: str = "auto") -> di
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()
                  if not (model.config.tie_weights and k == "lm_head.weight")}
         save_file(state, str(out / "model.safetensors"), metadata={"format": "lm_lightning"})
+        if fmt == "auto":
+            result["note"] = ("native format (lm_lightning parameter names): no transformers class fits this "
+                              "architecture; GPT2LMHeadModel needs " + ", ".join(problems["gpt2"])
+                              + "; LlamaForCausalLM needs " + ", ".join(problems["llama"]))
     (out / "lm_lightning_config.json").write_text(json.dumps(
-        {"model": model.config.to_dict(), "format": "hf" if as_hf else "native",
+        {"model": model.config.to_dict(), "format": result["format"],
          "tokenizer_kind": spec.get("kind") if spec else None}, indent=2) + "\n")
     if spec is not None:
         (out / "tokenizer_spec.json").write_text(json.dumps(spec))
-    return {"out": str(out), "format": "hf" if as_hf else "native", "files": sorted(p.name for p in out.iterdir())}
+    write_model_card(out, model, tokenizer, result, source or {})
+    result["files"] = sorted(p.name for p in out.iterdir())
+    return result
 
 
-def _save_hf(model: Any, out: Path) -> None:
+def _save_gpt2(model: Any, out: Path) -> None:
     from transformers import GPT2LMHeadModel
 
     from lm_lightning.hf_gpt2 import hf_config, to_hf_state
@@ -70,22 +97,41 @@ def _save_hf(model: Any, out: Path) -> None:
     hf.save_pretrained(str(out))
 
 
-def _save_hf_tokenizer(tokenizer: Any, out: Path) -> None:
-    from transformers import PreTrainedTokenizerFast
+def _save_llama(model: Any, tokenizer: Any, out: Path) -> None:
+    from transformers import GenerationConfig
 
-    eot = "<|endoftext|>"
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer.tok, bos_token=eot, eos_token=eot, unk_token=eot)
-    fast.save_pretrained(str(out))
+    from lm_lightning.hf_llama import hf_llama_from_gpt
+    from lm_lightning.hf_tokenizers import bos_id, eos_id
+
+    bos, eos = bos_id(tokenizer), eos_id(tokenizer)
+    hf = hf_llama_from_gpt(model, bos, eos)
+    hf.generation_config = GenerationConfig(bos_token_id=bos, eos_token_id=eos, pad_token_id=eos)
+    hf.save_pretrained(str(out))
+    if not (out / "generation_config.json").is_file():  # older transformers skip a default one
+        hf.generation_config.save_pretrained(str(out))
+
+
+def _save_hf_tokenizer(tokenizer: Any, out: Path) -> None:
+    from lm_lightning.hf_tokenizers import fast_tokenizer
+
+    fast = fast_tokenizer(tokenizer)
+    if fast is not None:
+        fast.save_pretrained(str(out))
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     with exit_on_user_error():
-        args, _ = parse_args(sys.argv[1:] if argv is None else argv, DEFAULTS, USAGE)
+        args, _ = parse_args(argv, DEFAULTS, USAGE)
         if not args["out"]:
             raise UserError(f"out=DIR is required; usage: {USAGE}")
         inf = load_for_inference(args["ckpt"])
-        result = export(inf.model, inf.tokenizer, args["out"], args["format"])
+        source = {"ckpt": args["ckpt"], "global_step": inf.loaded.global_step, "run_config": inf.loaded.config,
+                  "command": "python -m lm_lightning.export " + " ".join(argv)}
+        result = export(inf.model, inf.tokenizer, args["out"], args["format"], source)
         print(json.dumps(result), flush=True)
+        if result.get("note"):
+            print(f"note: {result['note']}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
