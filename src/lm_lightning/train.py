@@ -84,8 +84,12 @@ def enable_tf32() -> None:
         torch.set_float32_matmul_precision("high")
 
 
-def check(cfg: DictConfig) -> Checked:
-    """Validate the config and build the cheap objects; raises UserError with one line."""
+def check(cfg: DictConfig, overrides: list[str] | None = None) -> Checked:
+    """Validate the config and build the cheap objects; raises UserError with one line.
+
+    ``overrides``: the command line's ``key=value`` list (default: Hydra's, when it runs), which
+    ``model.init_from`` needs to tell the user's architecture keys from the preset's.
+    """
     import torch
     from hydra.utils import instantiate
 
@@ -113,7 +117,15 @@ def check(cfg: DictConfig) -> Checked:
             datamodule = instantiate(cfg.data)
         except Exception as exc:  # Hydra wraps constructor errors; keep the innermost message
             raise UserError(one_line(exc.__cause__ or exc)) from exc
+        use_hf_tokenizer(cfg, datamodule)
         arch = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k not in MODEL_RUN_KEYS}
+        if cfg.model.get("init_from"):
+            # A Llama folder sets the architecture (config.json only; the weights load later).
+            from lm_lightning.hf_llama import apply_init_from, user_model_keys
+
+            arch = apply_init_from(str(cfg.model.init_from), arch, datamodule, user_model_keys(cli_overrides(overrides)))
+            with open_dict(cfg):  # the printed and saved config show the shape the run really has
+                cfg.model.update({k: arch[k] for k in arch if k in cfg.model or k == "vocab_size"})
         data_block = int(datamodule.block_size)
         if arch.get("block_size") is None:
             arch["block_size"] = data_block
@@ -162,13 +174,34 @@ def prepare_early(datamodule: Any) -> None:
 
 
 def init_weights(cfg: DictConfig, model_cfg: Any) -> dict[str, Any] | None:
-    """``model.init_from=gpt2``: Hugging Face GPT-2 weights, fetched before the run directory exists."""
+    """``model.init_from=NAME_OR_DIR``: Hugging Face GPT-2 or Llama weights, fetched before the run
+    directory exists."""
     name = cfg.model.get("init_from")
     if not name:
         return None
-    from lm_lightning.hf_gpt2 import pretrained_state
+    from lm_lightning import hf_gpt2, hf_llama
 
-    return pretrained_state(str(name), model_cfg)
+    loader = hf_llama if hf_llama.init_kind(str(name)) == "llama" else hf_gpt2
+    return loader.pretrained_state(str(name), model_cfg)
+
+
+def cli_overrides(overrides: list[str] | None = None) -> list[str]:
+    """The command line's overrides: as given, else Hydra's task overrides, else none."""
+    if overrides is not None:
+        return list(overrides)
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def use_hf_tokenizer(cfg: DictConfig, datamodule: Any) -> None:
+    """``tokenizer=hf``: the fast tokenizer of ``tokenizer.path``, else of the ``model.init_from`` folder."""
+    tok = cfg.data.get("tokenizer") if isinstance(cfg.data.get("tokenizer"), DictConfig) else None
+    if tok is None or tok.get("kind") != "hf" or not hasattr(datamodule, "use_tokenizer"):
+        return
+    from lm_lightning.data.tokenizers import load_hf_tokenizer
+
+    datamodule.use_tokenizer(load_hf_tokenizer(tok.get("path") or cfg.model.get("init_from")))
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -473,7 +506,7 @@ def precheck(argv: list[str]) -> None:
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         report_and_exit(UserError(one_line(exc).split(" Config search path")[0]))
     try:
-        checked = check(cfg)
+        checked = check(cfg, argv)
         precheck_resume(cfg, checked)
     except UserError as exc:
         report_and_exit(exc)

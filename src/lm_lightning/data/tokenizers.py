@@ -1,10 +1,11 @@
 """Tokenizers for text data, and the plain-data spec that travels with every checkpoint.
 
-Four kinds: ``char`` (vocabulary from the data's characters, nanoGPT's shakespeare_char),
+Five kinds: ``char`` (vocabulary from the data's characters, nanoGPT's shakespeare_char),
 ``byte`` (UTF-8 bytes, nothing to train), ``bpe`` (a byte-level BPE trained with the Hugging
-Face ``tokenizers`` library and cached as ``tokenizer.json``) and ``gpt2`` (transformers'
-pretrained tokenizer). ``spec()`` returns plain containers only (kind, vocabulary or JSON
-string, or hub name), so a checkpoint that stores it stays loadable with
+Face ``tokenizers`` library and cached as ``tokenizer.json``), ``gpt2`` (transformers'
+pretrained tokenizer) and ``hf`` (any fast tokenizer from a local transformers folder, e.g. the
+one of a Llama model used with ``model.init_from``). ``spec()`` returns plain containers only
+(kind, vocabulary or JSON string, or hub name), so a checkpoint that stores it stays loadable with
 ``torch.load(weights_only=True)``; :func:`from_spec` rebuilds the tokenizer from it.
 
 End of text (``eot_id``, put between documents when document boundaries are on): BPE and
@@ -27,7 +28,7 @@ import numpy as np
 
 from lm_lightning.errors import UserError
 
-KINDS = ("char", "byte", "bpe", "gpt2")
+KINDS = ("char", "byte", "bpe", "gpt2", "hf")
 # GPT-2's vocabulary: 50,000 merges + 256 bytes + <|endoftext|>.
 GPT2_VOCAB_SIZE = 50257
 GPT2_EOT = "<|endoftext|>"
@@ -104,21 +105,26 @@ class ByteTokenizer:
 
 
 class HFTokenizer:
-    """A Hugging Face ``tokenizers.Tokenizer``: a trained BPE (``bpe``) or GPT-2's (``gpt2``)."""
+    """A Hugging Face ``tokenizers.Tokenizer``: a trained BPE (``bpe``), GPT-2's (``gpt2``) or a
+    transformers folder's (``hf``; its special tokens travel in ``special``, and none are added
+    when encoding: training text is one stream, not separate sequences)."""
 
-    def __init__(self, kind: str, tok: Any, name: str | None = None, eot: str | None = None) -> None:
+    def __init__(self, kind: str, tok: Any, name: str | None = None, eot: str | None = None,
+                 special: dict[str, str] | None = None) -> None:
         self.kind, self.tok, self.name = kind, tok, name
         self.vocab_size = int(tok.get_vocab_size(with_added_tokens=True))
         self.eot_id = tok.token_to_id(eot) if eot else None
+        self.special = dict(special or {})
+        self._add_special = kind != "hf"
 
     def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text).ids
+        return self.tok.encode(text, add_special_tokens=self._add_special).ids
 
     def encode_array(self, text: str) -> np.ndarray:
         return np.asarray(self.encode(text), dtype=np.int64)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.tok.encode_batch(texts)]
+        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=self._add_special)]
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=False)
@@ -130,6 +136,8 @@ class HFTokenizer:
         # GPT-2's tokenizer is embedded too (about 1 MB), so checkpoints work offline.
         if self.kind == "gpt2":
             return {"kind": "gpt2", "name": self.name or "gpt2", "json": self.to_json()}
+        if self.kind == "hf":
+            return {"kind": "hf", "json": self.to_json(), "special": dict(self.special)}
         return {"kind": "bpe", "json": self.to_json()}
 
 
@@ -152,6 +160,11 @@ def from_spec(spec: dict[str, Any] | None) -> CharTokenizer | ByteTokenizer | HF
 
             return HFTokenizer("gpt2", Tokenizer.from_str(spec["json"]), name=spec.get("name"), eot=GPT2_EOT)
         return load_gpt2(spec.get("name") or "gpt2")
+    if kind == "hf":
+        from tokenizers import Tokenizer
+
+        special = dict(spec.get("special") or {})
+        return HFTokenizer("hf", Tokenizer.from_str(spec["json"]), eot=special.get("eos_token"), special=special)
     raise UserError(f"unknown tokenizer kind {kind!r}; known: {list(KINDS)}")
 
 
@@ -182,6 +195,25 @@ def load_gpt2(name: str = "gpt2") -> HFTokenizer:
 
 
 BPE_EOT = "<|endoftext|>"
+HF_SPECIAL = ("bos_token", "eos_token", "unk_token", "pad_token")
+
+
+def load_hf_tokenizer(path: str | Path | None) -> HFTokenizer:
+    """``tokenizer=hf tokenizer.path=DIR``: the fast tokenizer of a local transformers folder."""
+    if not path or not Path(path).is_dir():
+        raise UserError(f"tokenizer=hf needs tokenizer.path=DIR, a local transformers folder with a tokenizer "
+                        f"(or model.init_from=DIR holding one); got {path!r}")
+    try:
+        from transformers import AutoTokenizer
+
+        hf = AutoTokenizer.from_pretrained(str(path))
+    except Exception as exc:
+        raise UserError(f"tokenizer=hf: no tokenizer could be loaded from {path} ({type(exc).__name__})") from exc
+    backend = getattr(hf, "backend_tokenizer", None)
+    if backend is None:
+        raise UserError(f"tokenizer=hf: the tokenizer in {path} has no fast (tokenizers) backend")
+    special = {k: str(getattr(hf, k)) for k in HF_SPECIAL if getattr(hf, k, None)}
+    return HFTokenizer("hf", backend, name=str(path), eot=special.get("eos_token"), special=special)
 
 
 def train_bpe(texts: Iterator[str], vocab_size: int, min_frequency: int = 2) -> HFTokenizer:
