@@ -31,6 +31,7 @@ class StepTimer(pl.Callback):
         self.data_wait = 0.0
         self._batch_end: float | None = None
         self.peak_memory_gb: float | None = None
+        self._after_val = False
         RESULTS["step_timer"] = self
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -62,9 +63,16 @@ class StepTimer(pl.Callback):
                 _sync(pl_module.device)  # the last step's kernels must be finished
             self.steps = trainer.global_step - self.warmup
             now = time.perf_counter()
-            if self._batch_end is not None:
+            # The interval after a validation contains it: left out of the median, as nanoGPT's
+            # evaluating iterations are left out of its side (bench/nanogpt.py).
+            if self._batch_end is not None and not self._after_val:
                 self.intervals.append(now - self._batch_end)
+            self._after_val = False
             self._batch_end = now
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._after_val = True
 
     def on_train_end(self, trainer, pl_module) -> None:
         _sync(pl_module.device)
@@ -93,3 +101,24 @@ class StepTimer(pl.Callback):
     @property
     def data_wait_fraction(self) -> float:
         return self.data_wait / max(1e-9, self.t1 - self.t0)
+
+
+class ValCurve(pl.Callback):
+    """Wall-clock time (``time.time()``) and val/loss at every validation, written to ``out`` as JSON.
+
+    The benchmark subtracts its own process-start time, so times to a target loss include start-up.
+    """
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+        self.points: list[dict] = []
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or "val/loss" not in trainer.callback_metrics:
+            return
+        import json
+
+        self.points.append({"step": trainer.global_step, "t": time.time(),
+                            "val_loss": float(trainer.callback_metrics["val/loss"])})
+        with open(self.out, "w") as f:
+            json.dump(self.points, f)
