@@ -112,8 +112,15 @@ def split_techniques(factory: Callable[..., torch.optim.Optimizer]) -> tuple[Cal
     return functools.partial(func, *args, **keywords), techniques
 
 
-def check_techniques(opt_cfg: Mapping[str, Any], n_layer: int) -> None:
-    """Validate technique values against the model before any expensive work (raises ValueError)."""
+def check_techniques(opt_cfg: Mapping[str, Any], n_layer: int, strategy: Any = None) -> None:
+    """Validate technique values against the model before any expensive work (raises ValueError).
+
+    ``strategy`` is the trainer's (a name or a config with ``_target_``): optimizer=muon refuses FSDP.
+    """
+    if str(opt_cfg.get("_target_", "")).endswith("MuonAdamW"):
+        from lm_lightning import muon
+
+        muon.check(opt_cfg, strategy)
     la = opt_cfg.get("lookahead") or {}
     if la and int(la.get("k", 0) or 0) > 0:
         Lookahead.check(int(la["k"]), float(la.get("alpha", 0.5)))
@@ -138,7 +145,7 @@ def build_optimizer(factory: Callable[..., torch.optim.Optimizer], model: torch.
     """Call a (partial) optimizer factory with decay/no-decay groups; fused Adam(W).
 
     Applies the techniques found in the factory's keywords: freezing, layer-wise lr decay and
-    the Lookahead wrapper. ``allow_fused=False`` under fp16 loss scaling: a fused optimizer
+    the Lookahead wrapper. A factory class with ``from_model`` (MuonAdamW) makes its own groups. ``allow_fused=False`` under fp16 loss scaling: a fused optimizer
     unscales gradients inside its step, after clipping would already have seen them scaled.
     """
     factory, techniques = split_techniques(factory)
@@ -148,6 +155,22 @@ def build_optimizer(factory: Callable[..., torch.optim.Optimizer], model: torch.
         raise ValueError(f"optimizer.lr must be positive, got {lr}")
     if techniques.get("freeze_embeddings") or int(techniques.get("freeze_layers") or 0):
         freeze(model, bool(techniques.get("freeze_embeddings")), int(techniques.get("freeze_layers") or 0))
+    if hasattr(factory.func, "from_model"):  # optimizer=muon: chooses its own parameter groups
+        if techniques.get("layer_decay") not in (None, 1, 1.0):
+            raise ValueError("optimizer=muon does not support optimizer.layer_decay (leave it null)")
+        if keywords.get("fused") is None:  # the inner AdamW, as for optimizer=adamw
+            keywords["fused"] = allow_fused and device.type in ("cuda", "cpu")
+        optimizer = factory.func.from_model(model, **keywords)
+    else:
+        optimizer = _grouped(factory, keywords, model, device, allow_fused, techniques)
+    la = techniques.get("lookahead") or {}
+    if la and int(la.get("k", 0) or 0) > 0:
+        optimizer = Lookahead(optimizer, k=int(la["k"]), alpha=float(la.get("alpha", 0.5)))
+    return optimizer
+
+
+def _grouped(factory, keywords, model, device, allow_fused, techniques) -> torch.optim.Optimizer:
+    lr = keywords.get("lr")
     groups = param_groups(model, float(keywords.get("weight_decay", 0.0)), techniques.get("layer_decay"),
                           float(lr) if lr is not None else None)
     extra: dict[str, Any] = {}
@@ -157,11 +180,7 @@ def build_optimizer(factory: Callable[..., torch.optim.Optimizer], model: torch.
         # and on the CPU (4-5x faster steps there than the per-tensor loop, BENCHMARKS.md).
         # A fused step can also be skipped on the device (the anomaly guard's found_inf).
         extra["fused"] = allow_fused and device.type in ("cuda", "cpu")
-    optimizer = factory(groups, **extra)
-    la = techniques.get("lookahead") or {}
-    if la and int(la.get("k", 0) or 0) > 0:
-        optimizer = Lookahead(optimizer, k=int(la["k"]), alpha=float(la.get("alpha", 0.5)))
-    return optimizer
+    return factory(groups, **extra)
 
 
 def _base_lr(optimizer: torch.optim.Optimizer) -> float:
@@ -206,6 +225,49 @@ class WarmupConstant(WarmupCosine):
         return (step + 1) / (self.warmup_steps + 1) if step < self.warmup_steps else 1.0
 
 
+class WarmupStableDecay(WarmupCosine):
+    """WSD: linear warmup to 1, constant, then decay to ``floor`` over the last ``decay_fraction``
+    of ``total_steps`` (never into the warmup). ``shape``: linear, cosine or 1-sqrt (1 - sqrt(progress)).
+
+    The decay start is derived from ``total_steps``, so fit_to_time (which resizes
+    ``total_steps``) moves it: the decay then ends at the time budget.
+    """
+
+    SHAPES = ("linear", "cosine", "1-sqrt")
+
+    def __init__(self, warmup_steps: int, total_steps: int, floor: float, decay_fraction: float = 0.2,
+                 shape: str = "linear") -> None:
+        super().__init__(warmup_steps, total_steps, floor)
+        self.check(decay_fraction, shape)
+        self.decay_fraction, self.shape = float(decay_fraction), str(shape)
+
+    @classmethod
+    def check(cls, decay_fraction: Any, shape: Any) -> None:
+        if not 0.0 < float(decay_fraction) <= 1.0:
+            raise ValueError(f"scheduler.decay_fraction must be in (0, 1], got {decay_fraction}")
+        if shape not in cls.SHAPES:
+            raise ValueError(f"scheduler.shape must be one of {', '.join(cls.SHAPES)}, got {shape!r}")
+
+    @property
+    def decay_start(self) -> int:
+        return max(self.warmup_steps, self.total_steps - round(self.decay_fraction * self.total_steps))
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / (self.warmup_steps + 1)
+        start = self.decay_start
+        if step < start:
+            return 1.0
+        progress = min(1.0, (step - start) / max(1, self.total_steps - start))
+        if self.shape == "linear":
+            left = 1.0 - progress
+        elif self.shape == "cosine":
+            left = 0.5 * (1.0 + math.cos(math.pi * progress))
+        else:
+            left = 1.0 - math.sqrt(progress)
+        return self.floor + (1.0 - self.floor) * left
+
+
 def _floor(optimizer: torch.optim.Optimizer, min_lr: float | None, min_lr_ratio: float) -> float:
     base_lr = _base_lr(optimizer)
     floor = (min_lr / base_lr) if min_lr is not None else min_lr_ratio
@@ -224,6 +286,19 @@ def warmup_linear(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ste
                   min_lr: float | None = None, min_lr_ratio: float = 0.0) -> LambdaLR:
     """Linear warmup then linear decay to ``min_lr`` (absolute) or ``min_lr_ratio`` * lr."""
     return LambdaLR(optimizer, WarmupLinear(warmup_steps, total_steps, _floor(optimizer, min_lr, min_lr_ratio)))
+
+
+def wsd(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 50, decay_fraction: float = 0.2,
+        shape: str = "linear", min_lr: float | None = None, min_lr_ratio: float = 0.0) -> LambdaLR:
+    """Warmup, a constant stage, then decay over the last ``decay_fraction`` of the steps."""
+    return LambdaLR(optimizer, WarmupStableDecay(warmup_steps, total_steps, _floor(optimizer, min_lr, min_lr_ratio),
+                                                 decay_fraction, shape))
+
+
+def check_scheduler(sched_cfg: Mapping[str, Any] | None) -> None:
+    """Validate schedule values before any expensive work (raises ValueError)."""
+    if sched_cfg and str(sched_cfg.get("_target_", "")).endswith(".wsd"):
+        WarmupStableDecay.check(sched_cfg.get("decay_fraction", 0.2), sched_cfg.get("shape", "linear"))
 
 
 def constant(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0) -> LambdaLR:

@@ -95,7 +95,7 @@ def check(cfg: DictConfig, overrides: list[str] | None = None) -> Checked:
 
     from lm_lightning.model import ModelConfig
     from lm_lightning.objectives import check_weights
-    from lm_lightning.optim import check_techniques
+    from lm_lightning.optim import check_scheduler, check_techniques
 
     with user_errors(ValueError, TypeError, KeyError, FileNotFoundError, ImportError):
         try:
@@ -142,7 +142,8 @@ def check(cfg: DictConfig, overrides: list[str] | None = None) -> Checked:
         problem = shared_run_dir_problem(cfg)
         if problem:
             raise UserError(problem)
-        check_techniques(OmegaConf.to_container(cfg.optimizer), model_cfg.n_layer)
+        check_techniques(OmegaConf.to_container(cfg.optimizer), model_cfg.n_layer, cfg.trainer.get("strategy"))
+        check_scheduler(OmegaConf.to_container(cfg.scheduler) if cfg.get("scheduler") else None)
         compile_mode(cfg.model.get("compile"))
     return Checked(datamodule=datamodule, model_cfg=model_cfg, precision=precision)
 
