@@ -1,0 +1,135 @@
+"""Muon for the hidden matrices, AdamW for everything else, as one torch optimizer.
+
+``optimizer=muon`` (conf/optimizer/muon.yaml). Muon (``torch.optim.Muon``) orthogonalises the
+momentum of each 2-D weight with a few Newton-Schulz iterations; it is meant for the hidden
+layers only. Here that is every ``nn.Linear`` weight inside the transformer blocks (attention
+``c_attn``/``c_proj``, MLP ``c_fc``/``c_proj``). AdamW keeps the rest: the embeddings, the
+output head (tied to ``wte`` by default), norms, biases, qk-norm weights and task heads.
+
+Lightning, the lr scheduler, gradient clipping, the gradient scaler and the anomaly guard see
+one :class:`MuonAdamW`. Its ``param_groups`` are the two inner optimizers' own group dicts
+(AdamW's first), so a scheduler multiplies both by the same factor; every group says which
+optimizer owns it (``"optimizer"``) and its lr relative to ``optimizer.lr`` (``"lr_scale"``).
+The inner optimizers share this optimizer's ``state``, so ``state_dict`` is torch's usual
+format and a checkpoint resumes bitwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+
+from lm_lightning.optim import _BLOCK as BLOCK
+
+ADJUST_LR_FNS = ("original", "match_rms_adamw")
+
+
+def split_params(model: torch.nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """(Muon, AdamW with decay, AdamW without decay) trainable parameters.
+
+    Muon: Linear weights inside the blocks (``h.<i>.``). AdamW with decay: the other Linear and
+    Embedding weights (wte, wpe, an untied lm_head, task heads). Without decay: norms, biases.
+    Tied tensors appear once (``named_parameters`` de-duplicates them).
+    """
+    hidden = {id(m.weight) for name, m in model.named_modules()
+              if isinstance(m, torch.nn.Linear) and BLOCK.search(name + ".")}
+    matrices = {id(m.weight) for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))}
+    muon, decay, no_decay = [], [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (muon if id(p) in hidden else decay if id(p) in matrices else no_decay).append(p)
+    return muon, decay, no_decay
+
+
+def check(opt_cfg: Mapping[str, Any], strategy: Any = None) -> None:
+    """Validate ``optimizer=muon`` keys and what it combines with (raises ValueError, one line)."""
+    if opt_cfg.get("layer_decay") not in (None, 1, 1.0):
+        raise ValueError("optimizer=muon does not support optimizer.layer_decay (leave it null)")
+    for key in ("lr", "muon_lr"):
+        if key in opt_cfg and not float(opt_cfg[key]) > 0:
+            raise ValueError(f"optimizer.{key} must be positive, got {opt_cfg[key]}")
+    fn = opt_cfg.get("muon_adjust_lr_fn", "original")
+    if fn is not None and fn not in ADJUST_LR_FNS:
+        raise ValueError(f"optimizer.muon_adjust_lr_fn must be one of {', '.join(ADJUST_LR_FNS)}, got {fn!r}")
+    if not 0.0 <= float(opt_cfg.get("muon_momentum", 0.95)) < 1.0:
+        raise ValueError(f"optimizer.muon_momentum must be in [0, 1), got {opt_cfg.get('muon_momentum')}")
+    if not 1 <= int(opt_cfg.get("muon_ns_steps", 5)) < 100:
+        raise ValueError(f"optimizer.muon_ns_steps must be in [1, 99], got {opt_cfg.get('muon_ns_steps')}")
+    target = strategy.get("_target_", "") if hasattr(strategy, "get") else strategy
+    if target is not None and "fsdp" in str(target).lower():
+        raise ValueError("optimizer=muon needs whole 2-D weight matrices and FSDP hands the optimizer flat "
+                         "shards; use DDP (trainer=ddp) or another optimizer")
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """``torch.optim.Muon`` on ``muon_params`` and ``torch.optim.AdamW`` on ``adamw_groups``.
+
+    ``lr`` is AdamW's learning rate and the base the schedulers' ``min_lr`` refers to;
+    ``muon_lr`` is Muon's (before its per-shape ``adjust_lr_fn`` factor). Weight decay is
+    decoupled in both: ``weight_decay`` for AdamW's decay group, ``muon_weight_decay`` for Muon
+    (each multiplied by its own lr).
+    """
+
+    def __init__(self, muon_params: Iterable[torch.Tensor], adamw_groups: Iterable[dict[str, Any]],
+                 lr: float = 3e-3, betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-8,
+                 weight_decay: float = 0.1, muon_lr: float = 0.02, muon_momentum: float = 0.95,
+                 muon_nesterov: bool = True, muon_weight_decay: float = 0.0, muon_ns_steps: int = 5,
+                 muon_adjust_lr_fn: str | None = "original", fused: bool | None = None) -> None:
+        muon_params = list(muon_params)
+        flat = [tuple(p.shape) for p in muon_params if p.ndim != 2]
+        if flat:
+            raise ValueError(f"optimizer=muon needs whole 2-D weight matrices, got a tensor of shape {flat[0]} "
+                             "(FSDP hands the optimizer flat shards; use DDP or another optimizer)")
+        adamw_groups = [dict(g, weight_decay=g.get("weight_decay", weight_decay)) for g in adamw_groups]
+        adamw_groups = [g for g in adamw_groups if g["params"]]
+        self.adamw = torch.optim.AdamW(adamw_groups, lr=float(lr), betas=tuple(betas), eps=float(eps),
+                                       weight_decay=float(weight_decay), fused=fused)
+        inner = [self.adamw]
+        self.muon = None
+        if muon_params:
+            self.muon = torch.optim.Muon(muon_params, lr=float(muon_lr), weight_decay=float(muon_weight_decay),
+                                         momentum=float(muon_momentum), nesterov=bool(muon_nesterov),
+                                         ns_steps=int(muon_ns_steps), adjust_lr_fn=muon_adjust_lr_fn)
+            inner.append(self.muon)
+        for opt, name, scale in ((self.adamw, "adamw", 1.0), (self.muon, "muon", float(muon_lr) / float(lr))):
+            for g in opt.param_groups if opt is not None else []:
+                g["optimizer"], g["lr_scale"] = name, scale
+        # No "fused" here: Lightning's own clipping path runs (LMModule.configure_gradient_clipping),
+        # and the anomaly guard decides skips on the host (Muon has no found_inf).
+        super().__init__([g for opt in inner for g in opt.param_groups], {"lr": float(lr), "muon_lr": float(muon_lr)})
+        self._share()
+
+    def _share(self) -> None:
+        """Point the inner optimizers at this optimizer's group dicts and state."""
+        self.adamw.param_groups = [g for g in self.param_groups if g["optimizer"] == "adamw"]
+        self.adamw.state = self.state
+        if self.muon is not None:
+            self.muon.param_groups = [g for g in self.param_groups if g["optimizer"] == "muon"]
+            self.muon.state = self.state
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, weight_decay: float = 0.1, **kwargs: Any) -> MuonAdamW:
+        muon, decay, no_decay = split_params(model)
+        return cls(muon, [{"params": decay, "weight_decay": float(weight_decay)},
+                          {"params": no_decay, "weight_decay": 0.0}], weight_decay=weight_decay, **kwargs)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        # Lightning's closure runs forward, backward, the before-step hooks and clipping: once,
+        # before either inner optimizer steps.
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.adamw.step()
+        if self.muon is not None:
+            self.muon.step()
+        return loss
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Rebuilds self.param_groups and self.state (cast to each parameter's device and dtype,
+        # as the inner optimizers' own load would): share the new ones again.
+        super().load_state_dict(state_dict)
+        self._share()
