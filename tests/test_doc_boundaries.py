@@ -198,6 +198,21 @@ def test_a_tokenizer_without_end_of_text_is_a_user_error(tmp_path):
         dm.prepare_data()
 
 
+def test_a_checkpoint_tokenizer_without_end_of_text_turns_auto_boundaries_off(tmp_path):
+    # evaluate with a checkpoint from before document boundaries, on a several-file glob
+    for i in range(2):
+        (tmp_path / f"d{i}.txt").write_text(f"doc {i}\n")
+    old = T.CharTokenizer("doc 01\n")
+    files = dict(train_path=str(tmp_path / "d*.txt"), val_path=str(tmp_path / "d0.txt"))
+    dm = make_dm(tmp_path, **files, doc_boundaries="auto")
+    dm.use_tokenizer(old)
+    assert not dm.source.doc_boundaries and split_tokens(dm, "train").tolist() == old.encode("doc 0\ndoc 1\n")
+    forced = make_dm(tmp_path, **files, doc_boundaries=True)
+    forced.use_tokenizer(old)
+    with pytest.raises(UserError, match="char tokenizer has no end-of-text token"):
+        forced.prepare_data()
+
+
 # -- cache keys and defaults ---------------------------------------------------------------------
 def test_cache_key_follows_the_boundary_settings(tmp_path):
     for i in range(3):
@@ -252,10 +267,14 @@ def test_shakespeare_recipes_are_unchanged(tmp_path, name):
     (["data.doc_boundaries=maybe"], "doc_boundaries must be true, false or auto"),
     (["+data.documents=rows"], "data.documents is for Hugging Face datasets"),
     (["data.bos_aligned=1"], "bos_aligned must be true or false"),
+    (["data=tokens", "data.val_path=A", "data.dtype=uint16", "data.doc_boundaries=yes"],
+     "doc_boundaries must be true, false or auto"),
 ])
 def test_bad_boundary_settings_are_one_line_user_errors(tmp_path, bad, match):
     (tmp_path / "a.txt").write_text("hello\n" * 100)
-    cfg = compose(tmp_path, ["data=text", f"data.train_path={tmp_path / 'a.txt'}", *bad])
+    data = [] if bad[0].startswith("data=") else ["data=text"]
+    bad = [o.replace("=A", f"={tmp_path / 'a.txt'}") for o in bad]
+    cfg = compose(tmp_path, [*data, f"data.train_path={tmp_path / 'a.txt'}", *bad])
     with pytest.raises(UserError, match=match):
         check(cfg)
 

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from lm_lightning.data import cache
 from lm_lightning.data.documents import (
+    boundary_flag,
     check_bos_aligned,
     check_doc_options,
     no_eot_message,
@@ -81,6 +82,7 @@ class TextDataModule(pl.LightningDataModule):
         self.tok_cfg = dict(tokenizer or {})
         kind = self.tok_cfg.get("kind")
         if source == "tokens":
+            boundary_flag(doc_boundaries)  # checked only: token files hold their ids already
             self.source = None
             self.token_paths = {"train": train_path, "val": val_path, "test": test_path}
             if train_path is None or val_path is None:
