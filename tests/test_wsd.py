@@ -82,11 +82,12 @@ def test_preset_scales_both_muon_groups_and_state_round_trips():
     assert fresh.lr_lambdas[0].fitted and fresh.lr_lambdas[0].shape == "1-sqrt"
 
 
-def test_fit_to_time_moves_the_decay_start(monkeypatch):
+def test_fit_to_time_moves_the_decay_start(monkeypatch, caplog):
     """As for the cosine: throughput measured in warmup resizes total_steps, keeping the warmup;
     the decay then starts decay_fraction before the time budget runs out."""
     import lm_lightning.callbacks.control as control_mod
 
+    caplog.set_level("INFO", logger="lm_lightning")
     fn = WarmupStableDecay(warmup_steps=4, total_steps=1000, floor=0.0, decay_fraction=0.2, shape="cosine")
     assert fn.decay_start == 800
     trainer = types.SimpleNamespace(
@@ -102,6 +103,7 @@ def test_fit_to_time_moves_the_decay_start(monkeypatch):
     # At step 4, 96 s remain at 1 s/step: the run ends at step 100, the decay starts at 80.
     assert (fn.total_steps, fn.warmup_steps, fn.decay_start) == (100, 4, 80) and fn.fitted
     assert fn(79) == 1.0 and fn(80) == 1.0 and fn(90) == pytest.approx(0.5) and fn(100) == pytest.approx(0.0)
+    assert "the schedule now ends at step 100, its decay starts at step 80" in caplog.text
 
 
 @pytest.mark.parametrize("override, message", [

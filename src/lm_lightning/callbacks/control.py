@@ -262,7 +262,8 @@ class RunControl(pl.Callback):
             total = min(total, trainer.max_steps)
         fn.total_steps, fn.fitted = max(total, warmup + 1), True
         if trainer.is_global_zero:
-            log.info("fit_to_time: %.3f s/step, cosine schedule now ends at step %d", per_step, fn.total_steps)
+            start = f", its decay starts at step {fn.decay_start}" if hasattr(fn, "decay_start") else ""
+            log.info("fit_to_time: %.3f s/step, the schedule now ends at step %d%s", per_step, fn.total_steps, start)
 
 
 def _warmup_cosine(trainer: pl.Trainer) -> tuple[Any, int] | None:
