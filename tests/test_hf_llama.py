@@ -158,6 +158,14 @@ def test_hf_tokenizer_kind_is_plain_data_and_adds_no_special_tokens(tmp_path):
     assert spec["kind"] == "hf" and again.encode("the dog ran") == bpe.encode("the dog ran")
     with pytest.raises(UserError, match="tokenizer=hf needs tokenizer.path=DIR"):
         load_hf_tokenizer(tmp_path / "missing")
+    # A data module built directly (not through train.check) builds the hf tokenizer itself.
+    from lm_lightning.data.text import TextDataModule
+
+    (tmp_path / "train.txt").write_text(corpus(50))
+    dm = TextDataModule(source="text", tokenizer={"kind": "hf", "path": str(tmp_path)},
+                        train_path=str(tmp_path / "train.txt"), block_size=8, batch_size=2,
+                        cache_dir=str(tmp_path / "cache"))
+    assert dm.tokenizer.kind == "hf" and dm.tokenizer.encode("the cat sat") == bpe.encode("the cat sat")
 
 
 # -- import, fine-tune, export --------------------------------------------------------------------------

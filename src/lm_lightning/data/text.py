@@ -39,6 +39,7 @@ from lm_lightning.data.tokenizers import (
     from_spec,
     load_bpe_file,
     load_gpt2,
+    load_hf_tokenizer,
     save_bpe_file,
     train_bpe,
 )
@@ -169,6 +170,8 @@ class TextDataModule(pl.LightningDataModule):
             return ByteTokenizer(eot=eot)
         if kind == "gpt2":
             return load_gpt2(self.tok_cfg.get("name") or "gpt2")
+        if kind == "hf":  # a local transformers folder's tokenizer (train.check usually sets it first)
+            return load_hf_tokenizer(self.tok_cfg.get("path"))
         if kind == "char":
             # nanoGPT's vocabulary: every character of the corpus (val/test characters included).
             chars: set[str] = set()
