@@ -25,8 +25,6 @@ SHARED = ROOT.parent / "shared" / "data"
 GPU_RESULTS = ROOT / "bench" / "gpu_results.json"
 RESULTS = ROOT / "bench" / "cpu_results.json"
 
-# nanoGPT's shakespeare_char CPU recipe, measured on this machine class (issue #6).
-NANOGPT = {"ms_per_iter": 65.8, "val_loss": 1.886, "wall_s": 214.0}
 
 
 def machine() -> dict:
@@ -87,37 +85,41 @@ def section_memory() -> dict:
     return memory.measure()
 
 
-def section_shakespeare() -> list[dict]:
-    """Both tiny-shakespeare experiments as a user runs them: a subprocess, start-up included."""
-    import sys
+def section_shakespeare() -> dict:
+    """nanoGPT's CPU recipe and ours, run one after the other in this invocation, as a user runs them."""
     import tempfile
-    import time
+
+    from bench import nanogpt, speedrun
 
     corpus = SHARED / "tinyshakespeare" / "input.txt"
     if not corpus.is_file():
-        raise FileNotFoundError(f"{corpus} (../shared) is needed for this section")
+        raise FileNotFoundError(f"{corpus} (../shared)")
+    nano = nanogpt.run()  # raises FileNotFoundError without ../shared/anchors/nanogpt
+    print(f"nanoGPT: {nano['ms_per_iter']:.1f} ms/iter, val {nano['val_loss']:.4f}, {nano['wall_s']:.0f} s", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ("shakespeare_char", "shakespeare_char_fast"):
-            timer = Path(tmp) / f"{name}.json"
-            t0 = time.perf_counter()
-            proc = subprocess.run(
-                [sys.executable, str(ROOT / "train.py"), f"experiment={name}", f"data.train_path={corpus}",
-                 f"paths.runs_root={tmp}", f"run_name={name}", "+callbacks.step_timer._target_=bench.timing.StepTimer",
-                 f"+callbacks.step_timer.out={timer}", "+callbacks.step_timer.warmup=10"],
-                cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-            )
-            wall = time.perf_counter() - t0
-            if proc.returncode != 0:
-                raise RuntimeError(proc.stderr[-3000:])
-            summary = json.loads((Path(tmp) / name / "summary.json").read_text())
-            t = json.loads(timer.read_text())
-            rows.append({"experiment": name, "ms_per_iter": t["median_ms"], "val_loss": summary["metrics"]["val/loss"],
-                         "wall_s": wall, "steps": summary["global_step"], "startup_s": summary.get("startup_s")})
-    return rows
+        for name in ("shakespeare_char", "shakespeare_char_fast", "shakespeare_char_speedrun"):
+            r = speedrun.run_one(name, [f"data.train_path={corpus}"], Path(tmp), name, whole_split=True)
+            rows.append({"experiment": name, "ms_per_iter": r["ms_per_iter"], "val_loss": r["val_loss"],
+                         "val_loss_whole": r["val_loss_whole"], "wall_s": r["wall_s"], "steps": r["steps"]})
+            print(json.dumps(rows[-1]), flush=True)
+    return {"nanogpt": nano, "ours": rows}
 
 
-SECTIONS = {"shakespeare": section_shakespeare, "memory": section_memory, "overhead": section_overhead,
+def section_recipe() -> dict:
+    """The speedrun recipe's ablation on tiny-shakespeare and WikiText-2 (bench/speedrun.py)."""
+    from bench import speedrun
+
+    out = {}
+    for corpus, fn, title in (("shakespeare", speedrun.shakespeare, "tiny-shakespeare, char, 4x128"),
+                              ("wikitext2", speedrun.wikitext2, "WikiText-2 (valid.txt), char, 4x128")):
+        rows = fn()
+        speedrun.plot(rows, ROOT / "bench" / f"ablation_{corpus}.png", title)
+        out[corpus] = rows
+    return out
+
+
+SECTIONS = {"shakespeare": section_shakespeare, "recipe": section_recipe, "memory": section_memory, "overhead": section_overhead,
             "tax": section_tax, "collatz": section_collatz, "startup": section_startup}
 
 
@@ -158,20 +160,10 @@ def render(cpu: dict, gpu: dict | None, have_gpu: bool) -> str:
             out.append(f"| {r['model']} | {r['params']:,} | {r['single_tensor_ms']:.2f} | {r['foreach_ms']:.2f} | "
                        f"{r['fused_ms']:.2f} | {r['single_tensor_ms'] / r['fused_ms']:.1f}x |")
         out.append("")
-    if "shakespeare" in cpu:
-        s = cpu["shakespeare"]
-        out += ["## 2. nanoGPT's CPU recipe (tiny-shakespeare)", "",
-                f"nanoGPT's figures were measured on this machine class (issue #6): {NANOGPT['ms_per_iter']} ms/iter, "
-                f"val loss {NANOGPT['val_loss']} at iter 2000, {NANOGPT['wall_s']:.0f} s in all. nanoGPT itself cannot be "
-                "fetched on this machine, so it was not rerun in this invocation: its side of this comparison is the "
-                "recorded figure, and ours ran with nothing else on the machine. Our val loss is over the same 20 "
-                "validation batches as nanoGPT's estimate.", "",
-                "| experiment | ms/iter (median) | vs nanoGPT | val loss | wall s (start-up included) | vs nanoGPT |",
-                "|---|---|---|---|---|---|"]
-        for r in s:
-            out.append(f"| {r['experiment']} | {r['ms_per_iter']:.1f} | {r['ms_per_iter'] / NANOGPT['ms_per_iter']:.3f} | "
-                       f"{r['val_loss']:.4f} | {r['wall_s']:.0f} | {r['wall_s'] / NANOGPT['wall_s']:.2f} |")
-        out.append("")
+    if "shakespeare" in cpu and "nanogpt" in cpu["shakespeare"]:
+        out += render_shakespeare(cpu["shakespeare"])
+    if "recipe" in cpu:
+        out += render_recipe(cpu["recipe"])
     if "collatz" in cpu:
         c = cpu["collatz"]
         sp = c["speed"]
@@ -228,6 +220,62 @@ def render(cpu: dict, gpu: dict | None, have_gpu: bool) -> str:
     if notes.is_file():
         out += [notes.read_text().strip(), ""]
     return "\n".join(out) + "\n"
+
+
+def render_shakespeare(s: dict) -> list[str]:
+    n = s["nanogpt"]
+    out = ["## 2. nanoGPT's CPU recipe beside ours (tiny-shakespeare)", "",
+           "nanoGPT (karpathy/nanoGPT 3adf61e, MIT, `../shared/anchors/nanogpt`) ran its README's CPU recipe from a "
+           "temporary copy in this same invocation, just before ours (`bench/nanogpt.py`). Both sides are timed the "
+           "same way: whole-run wall time of the process (start-up, every iteration and every evaluation), and the "
+           "median time per training iteration leaving out iterations that evaluate (nanoGPT: its logged `time` of "
+           "every 10th iteration; ours: step-to-step times, `bench/timing.py`). Val loss is at the last step over a "
+           "20-batch estimate on both sides (nanoGPT: 20 random batches; ours: the first 20 sequential batches), and "
+           "ours also over the whole validation split (`python -m lm_lightning.evaluate split=val`, every token once).",
+           "",
+           "| run | steps | ms/iter (median) | vs nanoGPT | val loss (20 batches) | val loss (whole split) | "
+           "wall s | vs nanoGPT |", "|---|---|---|---|---|---|---|---|",
+           f"| nanoGPT `train_shakespeare_char` (CPU recipe) | {n['final_step']} | {n['ms_per_iter']:.1f} | 1 | "
+           f"{n['val_loss']:.4f} | | {n['wall_s']:.0f} | 1 |"]
+    for r in s["ours"]:
+        out.append(f"| `experiment={r['experiment']}` | {r['steps']} | {r['ms_per_iter']:.1f} | "
+                   f"{r['ms_per_iter'] / n['ms_per_iter']:.3f} | {r['val_loss']:.4f} | {r['val_loss_whole']:.4f} | "
+                   f"{r['wall_s']:.0f} | **{r['wall_s'] / n['wall_s']:.2f}** |")
+    return out + [""]
+
+
+def render_recipe(rec: dict) -> list[str]:
+    from bench.speedrun import SEEDS, STEPS, TARGET, VAL_EVERY
+
+    out = ["## 2b. The 2026 recipe, piece by piece", "",
+           f"`experiment=shakespeare_char_speedrun` with pieces switched off, same model (4 x 128, RoPE), data, batch "
+           f"and step count ({STEPS['shakespeare']} steps on tiny-shakespeare, longer than the speedrun's 375 so that "
+           f"every variant can reach the target; {STEPS['wikitext2']} on WikiText-2); seeds {', '.join(map(str, SEEDS))}, medians over the seeds. Each run validates every "
+           f"{VAL_EVERY} steps over the same 20 batches; time to {TARGET} is seconds from the process start (start-up "
+           "included) to the first validation at or below it, '-' if a seed never reached it. The baseline is AdamW "
+           "(all parameters, the experiment's lr), warmup-cosine, GELU, no QK-norm or softcap. ms/iter and wall "
+           "include the validations every "
+           f"{VAL_EVERY} steps, which a real speedrun run does not do.", ""]
+    if "shakespeare" in rec:
+        out += ["**tiny-shakespeare** (`bench/ablation_shakespeare.png`: val loss against wall time)", "",
+                "| variant | val loss (median) | time to 1.88 s | reached | ms/iter | wall s |",
+                "|---|---|---|---|---|---|"]
+        for r in rec["shakespeare"]:
+            t = f"{r['time_to_target']:.1f}" if r["time_to_target"] is not None else "-"
+            out.append(f"| {r['variant']} | {r['val_loss']:.4f} | {t} | {r['reached']} | {r['ms_per_iter']:.1f} | "
+                       f"{r['wall_s']:.0f} |")
+        out += ["", "![ablation](bench/ablation_shakespeare.png)", ""]
+    if "wikitext2" in rec:
+        import math
+
+        out += ["**WikiText-2** (word-level text, char tokenizer; trained on `valid.txt` with its last 10% as the "
+                "validation split, `test.txt` scored whole; per-character perplexity; no target)", "",
+                "| variant | val loss | test loss | test ppl (per char) | ms/iter | wall s |", "|---|---|---|---|---|---|"]
+        for r in rec["wikitext2"]:
+            out.append(f"| {r['variant']} | {r['val_loss']:.4f} | {r['test_loss']:.4f} | {math.exp(r['test_loss']):.3f} | "
+                       f"{r['ms_per_iter']:.1f} | {r['wall_s']:.0f} |")
+        out += ["", "![ablation](bench/ablation_wikitext2.png)", ""]
+    return out
 
 
 def main() -> None:
