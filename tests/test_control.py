@@ -117,14 +117,13 @@ def test_early_stopping_target_and_patience(tmp_path):
     assert Path(patience["last_checkpoint"]).is_file()
 
 
-def test_fit_to_time_resizes_the_cosine(monkeypatch):
-    """Throughput measured in warmup sizes the schedule to end at the time limit."""
+def fit_to_time_for_four_steps(monkeypatch, fn) -> None:
+    """RunControl with a 100 s budget and fit_to_time, 4 steps at 1 s each, on schedule ``fn``."""
     import lm_lightning.callbacks.control as control_mod
 
-    fn = WarmupCosine(warmup_steps=4, total_steps=1000, floor=0.1)
-    sched = types.SimpleNamespace(lr_lambdas=[fn])
-    trainer = types.SimpleNamespace(lr_scheduler_configs=[types.SimpleNamespace(scheduler=sched)],
-                                    global_step=0, max_steps=1000, is_global_zero=True)
+    trainer = types.SimpleNamespace(
+        lr_scheduler_configs=[types.SimpleNamespace(scheduler=types.SimpleNamespace(lr_lambdas=[fn]))],
+        global_step=0, max_steps=1000, is_global_zero=True)
     clock = {"t": 0.0}
     monkeypatch.setattr(control_mod.time, "monotonic", lambda: clock["t"])
     control = RunControl(max_time="00:00:01:40", fit_to_time=True)  # 100 s
@@ -132,6 +131,13 @@ def test_fit_to_time_resizes_the_cosine(monkeypatch):
     for step in range(1, 5):  # 1 s per step; the first step is not timed
         clock["t"], trainer.global_step = float(step), step
         control._maybe_fit_schedule(trainer)
+
+
+def test_fit_to_time_resizes_the_cosine(monkeypatch):
+    """Throughput measured in warmup sizes the schedule to end at the time limit."""
+
+    fn = WarmupCosine(warmup_steps=4, total_steps=1000, floor=0.1)
+    fit_to_time_for_four_steps(monkeypatch, fn)
     # at step 4 (end of warmup), 96 s remain at 1 s/step: the decay ends at step 100
     assert fn.total_steps == 100 and fn.fitted
     assert fn(100) == pytest.approx(0.1)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hydra.utils import instantiate
 from reliability_helpers import compose
+from test_text_data import make_dm
 
 from lm_lightning.data import cache
 from lm_lightning.data import documents as D
@@ -32,12 +33,6 @@ def stories(n: int, seed: int = 0) -> list[str]:
     return [story(rng, rng.randint(1, 12)) for _ in range(n)]
 
 
-def make_dm(tmp_path, **kw) -> TextDataModule:
-    kw.setdefault("tokenizer", {"kind": "char"})
-    kw.setdefault("cache_dir", str(tmp_path / "cache"))
-    kw.setdefault("block_size", 16)
-    kw.setdefault("batch_size", 4)
-    return TextDataModule(**kw)
 
 
 def split_tokens(dm: TextDataModule, split: str) -> np.ndarray:

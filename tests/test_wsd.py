@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 import pickle
-import types
 
 import pytest
 import torch
 from conftest import compose
 from hydra.utils import instantiate
+from test_control import fit_to_time_for_four_steps
 
-from lm_lightning.callbacks.control import RunControl
 from lm_lightning.optim import WarmupStableDecay, wsd
 from lm_lightning.train import precheck, scheduler_factory
 
@@ -85,21 +84,11 @@ def test_preset_scales_both_muon_groups_and_state_round_trips():
 def test_fit_to_time_moves_the_decay_start(monkeypatch, caplog):
     """As for the cosine: throughput measured in warmup resizes total_steps, keeping the warmup;
     the decay then starts decay_fraction before the time budget runs out."""
-    import lm_lightning.callbacks.control as control_mod
 
     caplog.set_level("INFO", logger="lm_lightning")
     fn = WarmupStableDecay(warmup_steps=4, total_steps=1000, floor=0.0, decay_fraction=0.2, shape="cosine")
     assert fn.decay_start == 800
-    trainer = types.SimpleNamespace(
-        lr_scheduler_configs=[types.SimpleNamespace(scheduler=types.SimpleNamespace(lr_lambdas=[fn]))],
-        global_step=0, max_steps=1000, is_global_zero=True)
-    clock = {"t": 0.0}
-    monkeypatch.setattr(control_mod.time, "monotonic", lambda: clock["t"])
-    control = RunControl(max_time="00:00:01:40", fit_to_time=True)  # 100 s
-    control._start, control._start_step = 0.0, 0
-    for step in range(1, 5):  # 1 s per step; the first step is not timed
-        clock["t"], trainer.global_step = float(step), step
-        control._maybe_fit_schedule(trainer)
+    fit_to_time_for_four_steps(monkeypatch, fn)
     # At step 4, 96 s remain at 1 s/step: the run ends at step 100, the decay starts at 80.
     assert (fn.total_steps, fn.warmup_steps, fn.decay_start) == (100, 4, 80) and fn.fitted
     assert fn(79) == 1.0 and fn(80) == 1.0 and fn(90) == pytest.approx(0.5) and fn(100) == pytest.approx(0.0)
