@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from lm_lightning import collatz
-from lm_lightning.data.streams import worker_steps
+from lm_lightning.data.streams import Loader, worker_steps
 from lm_lightning.errors import UserError
 from lm_lightning.objectives import IGNORE_INDEX
 
@@ -156,8 +156,7 @@ class CollatzDataModule(pl.LightningDataModule):
         kwargs: dict[str, Any] = {}
         if workers > 0:
             kwargs = {"persistent_workers": True, "prefetch_factor": self.prefetch_factor}
-        return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=workers, pin_memory=pin,
-                          **kwargs)
+        return Loader(dataset, batch_size=None, sampler=sampler, num_workers=workers, pin_memory=pin, **kwargs)
 
     def _eval_sampler(self, dataset: Dataset):
         """Rank r of R evaluates batches r, r + R, ...: the split once in total.

@@ -5,13 +5,20 @@ function of (seed, s, rank). Worker ``w`` of ``W`` makes the micro-batches with
 ``s % W == w``; PyTorch collects worker outputs round-robin, so the loader still yields
 ``start, start + 1, ...`` in order, whatever the number of workers. :class:`EpochLoader`
 hands the stream its resume position each time an epoch starts.
+
+:class:`Loader` (and so :class:`EpochLoader`) leaves SIGTERM and SIGINT to the main process:
+a signal sent to the whole process group (SLURM's ``scancel``, ``timeout``, systemd, Ctrl-C)
+must not kill the workers first, which would make the main process fail with "DataLoader
+worker ... is killed by signal" instead of checkpointing and stopping (``RunControl``).
 """
 
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch.utils.data import DataLoader, get_worker_info
@@ -30,7 +37,58 @@ def worker_steps(start: int, end: int | None = None) -> Iterator[int]:
     return iter(range(start + worker, end, workers))
 
 
-class EpochLoader(DataLoader):
+# The signals a run's main process turns into "checkpoint and stop" (callbacks/control.py).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StopSignalsToMain:
+    """A worker_init_fn: the worker ignores SIGTERM/SIGINT, then runs the loader's own init.
+
+    The main process's handler does the stopping; when the main process ends, PyTorch shuts its
+    workers down (and a worker whose parent is gone exits by itself). Lightning adds its seeding
+    init (``seed_everything(workers=True)``) only to loaders without one, so it is called here.
+    """
+
+    def __init__(self, inner: Callable[[int], Any] | None = None) -> None:
+        self.inner = inner
+
+    def __call__(self, worker_id: int) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        # Blocked by Loader while this worker was forked; a signal pending meanwhile is dropped.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        inner = self.inner
+        if inner is None and int(os.environ.get("PL_SEED_WORKERS", 0)):
+            from lightning.fabric.utilities.seed import pl_worker_init_function
+
+            inner = pl_worker_init_function
+        if inner is not None:
+            inner(worker_id)
+
+
+class Loader(DataLoader):
+    """A DataLoader whose workers leave SIGTERM/SIGINT to the main process.
+
+    The stop signals are blocked in the main thread while the workers start, so a signal that
+    arrives then is delivered to the main process only (after the fork), never to a worker that
+    has not yet set its handlers: no window in which the group signal kills a fresh worker.
+    """
+
+    def _get_iterator(self):
+        if self.num_workers == 0:
+            return super()._get_iterator()
+        inner = self.worker_init_fn
+        if not isinstance(inner, StopSignalsToMain):
+            self.worker_init_fn = StopSignalsToMain(inner)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            return super()._get_iterator()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            self.worker_init_fn = inner
+
+
+class EpochLoader(Loader):
     """Re-reads the resume position each time an epoch starts (workers get a fresh copy)."""
 
     def __init__(self, *args: Any, start_fn: Any = None, **kwargs: Any) -> None:

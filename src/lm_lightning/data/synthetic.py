@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from lm_lightning.data.streams import worker_steps
+from lm_lightning.data.streams import Loader, worker_steps
 
 
 class RandomWindows(IterableDataset):
@@ -45,7 +45,7 @@ class SyntheticDataModule(pl.LightningDataModule):
     def _loader(self, dataset) -> DataLoader:
         pin = self.pin_memory if self.pin_memory is not None else torch.cuda.is_available()
         kw: dict[str, Any] = {"persistent_workers": True, "prefetch_factor": 4} if self.num_workers else {}
-        return DataLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=pin, **kw)
+        return Loader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=pin, **kw)
 
     def train_dataloader(self) -> DataLoader:
         t = self.trainer
