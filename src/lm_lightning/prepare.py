@@ -3,23 +3,31 @@
     python -m lm_lightning.prepare analyze FILE...            counts, coverage, length histogram (JSON)
     python -m lm_lightning.prepare clean IN OUT               normalise, drop control characters
     python -m lm_lightning.prepare split IN TRAIN VAL [--val-fraction 0.1 | --val-lines N]
-    python -m lm_lightning.prepare tokenize FILE... --out OUT.bin [--tokenizer char|byte|bpe|gpt2]
-                                   [--vocab-size 10000] [--tokenizer-path tokenizer.json] [--workers N]
+    python -m lm_lightning.prepare tokenize INPUT... out=DIR [tokenizer=byte|char|bpe|gpt2|hf]
+                                   [tokenizer_path=FILE_OR_DIR] [vocab_size=10000] [workers=1]
+                                   [shard_tokens=100M] [val_tokens=0] [text_field=text] [dtype=auto]
 
-``tokenize`` writes raw uint16/uint32 ids plus ``OUT.bin.json`` (dtype, token count,
-vocabulary size, tokenizer), which ``data=tokens data.train_path=OUT.bin`` reads; large
-inputs are tokenized in several processes with a progress bar.
+``tokenize`` (key=value): inputs are .txt, .jsonl, .jsonl.gz, .parquet files, globs of them and
+``hf:NAME[:CONFIG][/SPLIT]``; every document is followed by the tokenizer's end-of-text id.
+``out=DIR`` writes token shards (``data=tokens data.path=DIR``; see data/shards.py: parallel
+over ``workers`` processes, byte-identical whatever their number, resumable after a kill);
+``out=FILE.bin`` writes one file plus ``FILE.bin.json``. The older argparse spelling
+``tokenize FILE... --out OUT.bin [--tokenizer ...]`` still works and still writes what it
+always did (text files concatenated, no end-of-text ids).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import shutil
 import sys
 import unicodedata
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from lm_lightning.errors import UserError, exit_on_user_error
 
@@ -123,6 +131,171 @@ def tokenize(paths: list[str], out: str, kind: str = "byte", vocab_size: int = 1
                               meta={"inputs": [str(p) for p in paths]}, progress=None)
 
 
+OPTIONS = {"out": None, "tokenizer": "byte", "tokenizer_path": None, "vocab_size": 10000, "workers": 1,
+           "shard_tokens": 100_000_000, "val_tokens": 0, "text_field": "text", "dtype": "auto", "progress": None}
+_SCALE = {"k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}
+
+
+def count(value: Any, key: str) -> int:
+    """``100M``, ``1e8``, ``100_000_000``: a non-negative token count."""
+    text = str(value).strip().lower().replace("_", "")
+    try:
+        n = float(text[:-1]) * _SCALE[text[-1]] if text and text[-1] in _SCALE else float(text)
+    except ValueError:
+        n = -1
+    if n < 0 or n != int(n):
+        raise UserError(f"{key} must be a whole number of tokens (e.g. 100M, 1e8), got {value!r}")
+    return int(n)
+
+
+def parse_key_values(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """Inputs and ``key=value`` options of ``tokenize`` (a value may also be quoted by the shell)."""
+    inputs, opts = [], dict(OPTIONS)
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if eq and not arg.startswith("hf:") and "/" not in key:
+            if key not in OPTIONS:
+                raise UserError(f"prepare tokenize: unknown option {key!r}; known: {', '.join(OPTIONS)}")
+            opts[key] = value
+        else:
+            inputs.append(arg)
+    if not opts["out"]:
+        raise UserError("prepare tokenize needs out=DIR (token shards) or out=FILE.bin (one file)")
+    for key in ("shard_tokens", "val_tokens", "vocab_size"):
+        opts[key] = count(opts[key], key)
+    if opts["shard_tokens"] < 1:
+        raise UserError("shard_tokens must be at least 1")
+    try:
+        opts["workers"] = max(1, int(opts["workers"]))
+    except ValueError as exc:
+        raise UserError(f"workers must be a whole number, got {opts['workers']!r}") from exc
+    if opts["progress"] is not None:
+        opts["progress"] = str(opts["progress"]).lower() in ("1", "true", "yes", "on")
+    return inputs, opts
+
+
+def build_tokenizer(opts: dict[str, Any], corpus: Any) -> Any:
+    """The tokenizer with an end-of-text id (byte/char get one), from a file, a folder or the corpus."""
+    from lm_lightning.data.tokenizers import (
+        ByteTokenizer,
+        CharTokenizer,
+        load_bpe_file,
+        load_gpt2,
+        load_hf_tokenizer,
+        train_bpe,
+    )
+
+    kind, path = opts["tokenizer"], opts["tokenizer_path"]
+    if kind == "byte":
+        return ByteTokenizer(eot=True)
+    if kind == "char":
+        chars: set[str] = set()
+        for text, _ in corpus.documents():
+            chars.update(text)
+        if not chars:
+            raise UserError("the corpus is empty: no document has any text")
+        return CharTokenizer("".join(chars), eot=True)
+    if kind == "gpt2":
+        return load_gpt2(path or "gpt2")
+    if kind == "hf":
+        return load_hf_tokenizer(path)
+    if kind == "bpe":
+        if path:
+            return load_bpe_file(path)
+        return train_bpe((t for t, _ in corpus.documents()), opts["vocab_size"])
+    raise UserError(f"tokenizer must be one of byte, char, bpe, gpt2, hf; got {kind!r}")
+
+
+def tokenize_corpus(inputs: list[str], opts: dict[str, Any]) -> dict[str, Any]:
+    """``prepare tokenize ... out=DIR|FILE.bin`` (see the module docstring and data/shards.py)."""
+    import numpy as np
+
+    from lm_lightning.data import cache, shards
+    from lm_lightning.data.corpus import Corpus, expand_inputs
+    from lm_lightning.data.tokens import DTYPES, dtype_for_vocab
+
+    out = Path(opts["out"])
+    single = out.suffix in (".bin", ".ids")
+    corpus = Corpus(expand_inputs(inputs), opts["text_field"])
+    corpus.check()
+    identity = {"inputs": [i.identity() for i in corpus.inputs], "text_field": opts["text_field"],
+                "tokenizer": opts["tokenizer"], "tokenizer_path": opts["tokenizer_path"],
+                "vocab_size": opts["vocab_size"] if opts["tokenizer"] == "bpe" else None, "dtype": opts["dtype"],
+                "shard_tokens": None if single else opts["shard_tokens"], "val_tokens": opts["val_tokens"]}
+    if not single and out.exists() and not out.is_dir():
+        raise UserError(f"out={out} exists and is not a folder (a shard folder, or out=FILE.bin for one file)")
+    plan_file = out / "plan.json"
+    old = None
+    if not single and plan_file.is_file():
+        old = json.loads(plan_file.read_text())
+        if old.get("identity") != identity:
+            raise UserError(f"{out} holds shards of another tokenization (other inputs or options); "
+                            f"use a new out=DIR or delete this one")
+        if (out / "meta.json").is_file():
+            meta = json.loads((out / "meta.json").read_text())
+            return {"out": str(out), "complete": "already", "tokens": meta["tokens"], "shards": meta["shards"]}
+    elif not single and out.is_dir() and any(out.iterdir()):
+        raise UserError(f"out={out} is a folder that is not empty and holds no shards of ours; use a new folder")
+    if old is not None:
+        from lm_lightning.data.tokenizers import from_spec
+
+        tok = from_spec(old["tokenizer"])
+    else:
+        tok = build_tokenizer(opts, corpus)
+    eot = getattr(tok, "eot_id", None)
+    if eot is None:
+        raise UserError(f"the {tok.kind} tokenizer has no end-of-text token (<|endoftext|> or eos_token), "
+                        f"which goes after every document; use one that has it")
+    vocab = int(tok.vocab_size)
+    if opts["dtype"] == "auto":
+        dtype = dtype_for_vocab(vocab)
+    elif opts["dtype"] in ("uint16", "uint32"):
+        dtype = np.dtype(DTYPES[opts["dtype"]])
+        if vocab - 1 > np.iinfo(dtype).max:
+            raise UserError(f"a vocabulary of {vocab:,} ids does not fit dtype={opts['dtype']} "
+                            f"(ids up to {np.iinfo(dtype).max:,}); use dtype=uint32 or dtype=auto")
+    else:
+        raise UserError(f"dtype must be auto, uint16 or uint32, got {opts['dtype']!r}")
+    plan = {"identity": identity, "inputs": [i.label() for i in corpus.inputs], "text_field": opts["text_field"],
+            "tokenizer": tok.spec(), "tokenizer_key": cache.tokenizer_key(tok.spec()), "vocab_size": vocab,
+            "eot_id": int(eot), "dtype": dtype.name, "shard_tokens": opts["shard_tokens"],
+            "val_tokens": 0 if single else opts["val_tokens"]}
+    created = False
+    if single:
+        work = out.with_name(f"{out.name}.{os.getpid()}.parts")
+        plan["shard_tokens"] = 1 << 62
+        created = True
+    else:
+        created = not out.exists()
+        work = out
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        if not single and old is None:
+            if hasattr(tok, "to_json"):
+                shards._write_json(work / "tokenizer.json", json.loads(tok.to_json()))
+            shards._write_json(plan_file, plan)
+        stats = shards.write_shards(corpus, tok, work, plan, workers=opts["workers"], progress=opts["progress"])
+        done = shards.finished_shards(work, "train")
+        if not done or sum(m["tokens"] for m in done) == 0:
+            what = "all of it went to validation (lower val_tokens)" if shards.finished_shards(work, "val") \
+                else "no document has any text"
+            raise UserError(f"the corpus gives no training tokens: {what}")
+        if single:
+            side = {"dtype": dtype.name, "tokens": done[0]["tokens"], "vocab_size": vocab, "tokenizer": tok.spec(),
+                    "eot_id": int(eot), "inputs": plan["inputs"]}
+            shards._write_json(Path(f"{out}.json.tmp.final"), side)
+            os.replace(work / shards.shard_name("train", 0), out)
+            os.replace(Path(f"{out}.json.tmp.final"), Path(f"{out}.json"))
+            shutil.rmtree(work, ignore_errors=True)
+            return {"out": str(out), "tokens": side["tokens"], "dtype": dtype.name, "vocab_size": vocab, **stats}
+        meta = shards.finalize(work, plan)
+    except (UserError, KeyboardInterrupt):
+        shards.remove_outputs(work, created)
+        raise
+    return {"out": str(out), "tokens": meta["tokens"], "shards": {k: len(v) for k, v in meta["shards"].items()},
+            "dtype": dtype.name, "vocab_size": vocab, "eot_id": int(eot), **stats}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lm_lightning.prepare", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -149,7 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["tokenize"] and not any(a.startswith("--") for a in argv[1:]):
+        with exit_on_user_error():
+            inputs, opts = parse_key_values(argv[1:])
+            print(json.dumps(tokenize_corpus(inputs, opts)))
+        return
+    args = build_parser().parse_args(argv)
     with exit_on_user_error():
         if args.command == "analyze":
             print(json.dumps(analyze(args.files, args.bins), indent=2))
