@@ -31,7 +31,7 @@ def data_config(run_config: dict[str, Any] | None, overrides: list[str]) -> dict
     if overrides:
         from hydra import compose, initialize_config_dir
 
-        from lm_lightning.train import CONF_DIR
+        from lm_lightning.config.location import CONF_DIR
 
         try:
             with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

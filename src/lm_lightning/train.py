@@ -28,6 +28,7 @@ from lm_lightning.distributed import (
     shared_run_dir_problem,
     sweep_jobs,
 )
+from lm_lightning.config.location import CONF_DIR, find_conf_dir  # noqa: F401 - train.CONF_DIR stays importable
 from lm_lightning.errors import UserError, one_line, report_and_exit, user_errors
 from lm_lightning.known_warnings import silence_known_warnings
 from lm_lightning.summary import has_best, print_final_table, write_summary
@@ -35,23 +36,7 @@ from lm_lightning.summary import has_best, print_final_table, write_summary
 log = logging.getLogger("lm_lightning")
 
 
-def find_conf_dir() -> Path:
-    """Where the configs are: $LM_LIGHTNING_CONF if set; else the checkout's conf/ when this is
-    ``<repo>/src/lm_lightning`` (a development or editable install); else the copy shipped
-    inside the installed package (``lm_lightning/conf``, see setup.py)."""
-    if os.environ.get("LM_LIGHTNING_CONF"):
-        return Path(os.environ["LM_LIGHTNING_CONF"])
-    here = Path(__file__).resolve().parent
-    repo_conf = here.parents[1] / "conf"
-    if here.parent.name == "src" and (repo_conf / "train.yaml").is_file():
-        return repo_conf
-    from importlib.resources import files
-
-    return Path(str(files("lm_lightning") / "conf"))
-
-
 silence_known_warnings()  # at import: also covers processes that ddp_spawn starts
-CONF_DIR = find_conf_dir()
 
 # Keys under `model:` that are run options rather than architecture.
 MODEL_RUN_KEYS = ("compile", "init_from")
@@ -93,6 +78,7 @@ def check(cfg: DictConfig, overrides: list[str] | None = None) -> Checked:
     import torch
     from hydra.utils import instantiate
 
+    from lm_lightning.config.schema import validate as validate_schema
     from lm_lightning.model import ModelConfig
     from lm_lightning.objectives import check_weights
     from lm_lightning.optim import check_scheduler, check_techniques
@@ -102,6 +88,7 @@ def check(cfg: DictConfig, overrides: list[str] | None = None) -> Checked:
             OmegaConf.resolve(cfg)
         except Exception as exc:  # interpolation errors name the key that is wrong
             raise UserError(f"config: {one_line(exc)}") from exc
+        validate_schema(cfg)  # every key's type and range, one line for the first bad one
         accelerator = str(cfg.trainer.get("accelerator", "auto"))
         if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
             raise UserError(
