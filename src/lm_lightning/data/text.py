@@ -11,6 +11,7 @@ end-of-text id between documents) and ``bos_aligned`` training windows: see
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -43,7 +44,16 @@ from lm_lightning.data.tokenizers import (
     save_bpe_file,
     train_bpe,
 )
-from lm_lightning.data.tokens import RandomWindows, SequentialWindows, TokenFile, read_meta
+from lm_lightning.data.tokens import (
+    RandomWindows,
+    SequentialWindows,
+    TokenFile,
+    TokenShards,
+    open_shard_split,
+    open_tokens,
+    read_meta,
+    shard_dir_meta,
+)
 from lm_lightning.errors import UserError
 
 log = logging.getLogger("lm_lightning")
@@ -66,7 +76,7 @@ class TextDataModule(pl.LightningDataModule):
                  hf_splits: dict[str, str] | None = None, text_field: str = "text", separator: str = "\n",
                  pin_memory: bool | None = None, doc_boundaries: bool | str = False,
                  doc_separator: str | None = None, documents: str | None = None,
-                 bos_aligned: bool = False) -> None:
+                 bos_aligned: bool = False, path: Any = None, mixture: Any = None) -> None:
         super().__init__()
         if block_size < 1:
             raise ValueError(f"data.block_size must be positive, got {block_size}")
@@ -86,9 +96,7 @@ class TextDataModule(pl.LightningDataModule):
             boundary_flag(doc_boundaries)  # checked only: token files hold their ids already
             self.source = None
             self.token_paths = {"train": train_path, "val": val_path, "test": test_path}
-            if train_path is None or val_path is None:
-                raise UserError("data=tokens needs data.train_path and data.val_path (token files)")
-            self.files = {s: TokenFile(p, dtype) for s, p in self.token_paths.items() if p is not None}
+            self.files, self.shard_meta, self.mixture = self._open_tokens(path, mixture, dtype)
         elif source == "text":
             check_doc_options(source, documents, doc_separator)
             self.source = TextFiles(train_path, val_path, test_path, val_fraction, doc_boundaries, doc_separator)
@@ -108,6 +116,60 @@ class TextDataModule(pl.LightningDataModule):
         self.paths: dict[str, Path] = {}
         self._datasets: dict[str, Any] = {}
 
+    def _open_tokens(self, path: Any, mixture: Any, dtype: str | None) -> tuple[dict[str, Any], dict, Any]:
+        """data=tokens: train/val files or globs, a shard folder (data.path) or a mixture."""
+        paths = self.token_paths
+        if (path is not None) + bool(mixture) + (paths["train"] is not None) > 1:
+            raise UserError("data=tokens takes one of data.path (a shard folder), data.mixture or data.train_path")
+        files: dict[str, Any] = {}
+        meta: dict[str, Any] = {}
+        sources = None
+        if mixture:
+            from lm_lightning.data.mixture import parse_mixture
+
+            sources = parse_mixture(mixture, dtype)
+            metas = [s.meta for s in sources if s.meta]
+            keys = {json.dumps(m.get("tokenizer_key"), sort_keys=True) for m in metas}
+            if len(keys) > 1:
+                raise UserError("data.mixture: the shard folders were tokenized with different tokenizers: "
+                                + ", ".join(f"{s.name} ({s.meta.get('tokenizer', {}).get('kind')})" for s in sources))
+            meta = dict(metas[0]) if metas else {}
+            if metas:
+                meta["vocab_size"] = max(int(m.get("vocab_size") or 0) for m in metas)
+            flat = [f for s in sources for f in (s.train.files if isinstance(s.train, TokenShards) else [s.train])]
+            files["train"] = TokenShards(flat, "data.mixture")
+            vals = [s.val for s in sources if s.val is not None]
+            if vals:
+                files["val"] = TokenShards([f for v in vals for f in v.files], "data.mixture (validation)")
+        elif path is not None:
+            meta = shard_dir_meta(path)
+            files["train"] = open_shard_split(path, "train")
+            if files["train"] is None:
+                raise UserError(f"data.path={path} has no training shards")
+            val = open_shard_split(path, "val")
+            if val is not None:
+                files["val"] = val
+        elif paths["train"] is None:
+            raise UserError("data=tokens needs data.path=DIR (a shard folder from prepare tokenize), data.mixture, "
+                            "or data.train_path and data.val_path (token files or globs)")
+        else:
+            files["train"] = open_tokens(paths["train"], dtype, "data.train_path")
+        for split in ("val", "test"):
+            if paths[split] is not None:
+                files[split] = open_tokens(paths[split], dtype, f"data.{split}_path")
+        if "val" not in files:
+            where = "its shard folder has no val_* shards (prepare tokenize ... val_tokens=N)" if path or mixture \
+                else "data.val_path is not set"
+            raise UserError(f"data=tokens needs validation tokens: {where}; or set data.val_path")
+        return files, meta, sources
+
+    def _tokens_meta(self) -> dict[str, Any]:
+        """The token files' metadata: a shard folder's meta.json, else the first file's sidecar."""
+        if self.shard_meta:
+            return self.shard_meta
+        train = self.files["train"]
+        return read_meta(train.files[0].path if isinstance(train, TokenShards) else train.path)
+
     # -- tokenizer ---------------------------------------------------------------------------
     @property
     def vocab_size(self) -> int:
@@ -125,7 +187,7 @@ class TextDataModule(pl.LightningDataModule):
         return self._vocab_size
 
     def _token_vocab(self) -> int:
-        meta = read_meta(self.files["train"].path)
+        meta = self._tokens_meta()
         if meta.get("vocab_size"):
             return int(meta["vocab_size"])
         if self.tok_cfg.get("kind") in KINDS:
@@ -152,7 +214,7 @@ class TextDataModule(pl.LightningDataModule):
     def _build_tokenizer(self):
         kind = self.tok_cfg.get("kind")
         if self.source is None:  # token files: the sidecar's tokenizer, else the configured one
-            spec = read_meta(self.files["train"].path).get("tokenizer")
+            spec = self._tokens_meta().get("tokenizer")
             if spec:
                 return from_spec(spec)
             if kind not in KINDS or kind == "char":
@@ -278,10 +340,31 @@ class TextDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
         rank, world = self._rank()
+        if self.source is None and self.mixture:
+            return self._loader(self._mixture_stream(rank, world), start_fn=self._start_step)
         stream = RandomWindows(self._datasets["train"], self.batch_size, self.block_size, self.seed,
                                self.steps_per_epoch(), rank=rank, world_size=world, start=self._start_step(),
                                augment_p=self.augment_p, doc_starts=self.doc_starts() if self.bos_aligned else None)
         return self._loader(stream, start_fn=self._start_step)
+
+    def _mixture_stream(self, rank: int, world: int):
+        from lm_lightning.data.mixture import MixtureWindows
+
+        if self.bos_aligned or self.augment_p > 0:
+            raise UserError("data.mixture does not combine with data.bos_aligned or data.augment_p")
+        stream = MixtureWindows([s.train for s in self.mixture], [s.weight for s in self.mixture], self.batch_size,
+                                self.block_size, self.seed, self.steps_per_epoch(), rank=rank, world_size=world,
+                                start=self._start_step())
+        trainer = self.trainer
+        planned = (trainer.max_steps * trainer.accumulate_grad_batches if trainer is not None and trainer.max_steps
+                   and trainer.max_steps > 0 else stream.steps_per_epoch)
+        steps = max(1, min(planned - stream.start, 20000))
+        got = stream.realized(steps, stream.start)
+        log.info("data.mixture over micro-batches %d-%d: %s", stream.start, stream.start + steps - 1,
+                 ", ".join(f"{s.name} {p:.3f} (weight {w:.3f})" for s, p, w in
+                           zip(self.mixture, got, stream.proportions)))
+        self.mixture_realized = {s.name: float(p) for s, p in zip(self.mixture, got)}
+        return stream
 
     def val_dataloader(self, capped: bool = True) -> DataLoader:
         self.setup("validate")

@@ -6,6 +6,12 @@ from ``data.dtype``). Windows are read with positional reads (``os.pread``), nev
 long-lived memory map: resident memory stays flat however large the file, and each
 dataloader worker opens its own file descriptor on first use (nothing is copied to workers).
 
+Several files (a glob, or the ``train_*`` / ``val_*`` shards of a folder written by
+``prepare tokenize out=DIR``) are read as one array, their concatenation (:class:`TokenShards`):
+a training window starts anywhere in it, so shards are drawn in proportion to their sizes, and
+evaluation covers every file whole. A window may run from one shard into the next: shards are
+consecutive pieces of one token stream.
+
 Training windows are random contiguous ``block_size + 1`` tokens; micro-batch ``s`` of rank
 ``r`` (of ``R``) draws its starts from a generator seeded by ``(seed, s, r)``, so a resumed
 run sees exactly the batches an uninterrupted one would, and ranks differ. With
@@ -117,6 +123,90 @@ class TokenFile:
         if self._fd is not None and self._pid == os.getpid():
             os.close(self._fd)
         self._fd = None
+
+
+class TokenShards:
+    """Token files read as their concatenation, by position. Picklable like :class:`TokenFile`."""
+
+    def __init__(self, files: list[TokenFile], path: str | Path) -> None:
+        if not files:
+            raise UserError(f"{path}: no token files")
+        dtypes = {f.dtype for f in files}
+        if len(dtypes) > 1:
+            raise UserError(f"{path}: the token files mix dtypes {sorted(str(d) for d in dtypes)}")
+        self.files, self.path, self.dtype = files, Path(path), files[0].dtype
+        self.starts = np.cumsum([0] + [len(f) for f in files])
+        self.length = int(self.starts[-1])
+
+    def __len__(self) -> int:
+        return self.length
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        """Tokens [start, start + count) of the concatenation as int64."""
+        if start < 0 or start + count > self.length:
+            raise UserError(f"{self.path}: read past the end (token {start + count} of {self.length})")
+        i = int(np.searchsorted(self.starts, start, side="right")) - 1
+        parts = []
+        while count > 0:
+            f, local = self.files[i], start - int(self.starts[i])
+            take = min(count, len(f) - local)
+            if take > 0:
+                parts.append(f.read(local, take))
+            start, count, i = start + take, count - take, i + 1
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def max_id(self) -> int:
+        return max(f.max_id() for f in self.files)
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+
+
+def shard_dir_meta(path: str | Path) -> dict[str, Any]:
+    """``meta.json`` of a finished shard folder (a one-line error otherwise)."""
+    path = Path(path)
+    meta = path / "meta.json"
+    if not path.is_dir():
+        raise UserError(f"data.path={path}: not a folder (a shard folder written by prepare tokenize out=DIR)")
+    if not meta.is_file():
+        hint = ("its tokenization did not finish: rerun the same prepare tokenize command to complete it"
+                if (path / "plan.json").is_file() else "write one with python -m lm_lightning.prepare tokenize ... "
+                                                      "out=DIR")
+        raise UserError(f"data.path={path} has no meta.json; {hint}")
+    try:
+        return json.loads(meta.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {meta}: {exc}") from exc
+
+
+def open_shard_split(path: str | Path, split: str) -> TokenShards | None:
+    """The ``split`` shards of a shard folder (None when it has none, e.g. no validation)."""
+    meta = shard_dir_meta(path)
+    names = meta.get("shards", {}).get(split) or []
+    if not names:
+        return None
+    return TokenShards([TokenFile(Path(path) / n, meta.get("dtype")) for n in names], Path(path) / f"{split}_*")
+
+
+def open_tokens(spec: Any, dtype: str | None = None, what: str = "data.train_path") -> TokenFile | TokenShards:
+    """A token file, a glob of them (read as one array) or a list of paths."""
+    import glob as globlib
+
+    patterns = [spec] if isinstance(spec, str | os.PathLike) else list(spec)
+    paths: list[str] = []
+    for pat in patterns:
+        pat = os.path.expanduser(str(pat))
+        if globlib.has_magic(pat):
+            found = sorted(p for p in globlib.glob(pat) if os.path.isfile(p) and not p.endswith(".json"))
+            if not found:
+                raise UserError(f"{what}: no token file matches {pat}")
+            paths += found
+        else:
+            paths.append(pat)
+    if len(paths) == 1:
+        return TokenFile(paths[0], dtype)
+    return TokenShards([TokenFile(p, dtype) for p in paths], str(spec))
 
 
 def augment(window: np.ndarray, rng: np.random.Generator, p: float, length: int) -> np.ndarray | None:
