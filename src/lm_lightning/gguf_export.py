@@ -1,0 +1,206 @@
+"""A checkpoint as one GGUF file (llama.cpp, Ollama, LM Studio, llama-cpp-python, transformers' GGUF loader).
+
+    python -m lm_lightning.export ckpt=PATH out=DIR format=gguf [outtype=f16] [overwrite=true]
+
+Written with the ``gguf`` package (llama.cpp's own writer; the optional extra ``gguf``).
+
+Architectures. Llama's shape (``model=llama``: RoPE, RMSNorm, SwiGLU, no biases, any GQA) becomes
+GGUF's ``llama``. GPT-2's shape (learned positions, LayerNorm with bias, tanh-GELU, tied head,
+``d_ff = 4 * n_embd``) becomes GGUF's ``gpt2``. Anything else is refused with the one-line reason.
+
+The q/k layout. llama.cpp's ``llama`` graph applies RoPE in its "normal" mode, which rotates
+adjacent channel pairs (2i, 2i+1) of each head -- that is why llama.cpp's converter un-permutes
+Hugging Face's rotate-half rows back to interleaved pairs, and why transformers' GGUF loader
+permutes them forward again (row ``2i + a`` of a head -> ``a * hs/2 + i``). Our ``apply_rope`` already
+rotates interleaved pairs with the same frequencies, so our q and k rows are written exactly as
+they are; ``tests/test_gguf.py`` proves it through transformers' loader (logits) and shows that
+the Hugging Face layout would be wrong.
+
+Tied heads: no ``output.weight`` tensor; llama.cpp then uses ``token_embd.weight`` for the output
+and transformers sets ``tie_word_embeddings``. Untied heads write ``output.weight``.
+
+Types (``outtype``): f32, f16 (default), bf16, q8_0. As llama.cpp's converter does, 1-D tensors
+(norm weights, biases) stay f32 in every type, and a matrix whose rows are not a multiple of
+q8_0's block (32) is written f16 under q8_0.
+
+The file is written to a temporary name in the output folder and renamed at the end, so a failure
+leaves no partial ``.gguf``; an existing file is replaced only with ``overwrite=true``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from lm_lightning.errors import UserError
+
+OUTTYPES = ("f32", "f16", "bf16", "q8_0")
+
+
+def check_outtype(outtype: str) -> str:
+    if outtype not in OUTTYPES:
+        raise UserError(f"outtype must be one of {', '.join(OUTTYPES)}, got {outtype!r}")
+    return outtype
+
+
+def gpt2_arch_problems(cfg: Any) -> list[str]:
+    from lm_lightning.hf_gpt2 import gpt2_shape_problems
+
+    problems = gpt2_shape_problems(cfg)
+    if cfg.n_kv_head != cfg.n_head:
+        problems.append(f"model.n_kv_head={cfg.n_kv_head} (GPT-2 has n_head={cfg.n_head})")
+    if cfg.qk_norm:
+        problems.append("model.qk_norm=True (GPT-2 has False)")
+    if cfg.logit_softcap is not None:
+        problems.append(f"model.logit_softcap={cfg.logit_softcap!r} (GPT-2 has None)")
+    if cfg.d_ff != 4 * cfg.n_embd:
+        # llama.cpp reads gpt2.feed_forward_length, but transformers' GGUF loader does not (it builds 4 * n_embd).
+        problems.append(f"model.d_ff={cfg.d_ff} (GPT-2 has 4 * n_embd = {4 * cfg.n_embd})")
+    return problems
+
+
+def gguf_arch(cfg: Any) -> str:
+    """'llama' or 'gpt2'; UserError with both reasons otherwise."""
+    from lm_lightning.hf_llama import llama_shape_problems
+
+    llama, gpt2 = llama_shape_problems(cfg), gpt2_arch_problems(cfg)
+    if not llama:
+        return "llama"
+    if not gpt2:
+        return "gpt2"
+    raise UserError("format=gguf needs Llama's architecture (model=llama) or GPT-2's (model=gpt2); this model: "
+                    "llama needs " + ", ".join(llama) + "; gpt2 needs " + ", ".join(gpt2))
+
+
+def gguf_name(out: Path, source: dict[str, Any], outtype: str) -> Path:
+    run_name = ((source.get("run_config") or {}).get("run_name") or "")
+    stem = "".join(c if c.isalnum() or c in "-_." else "-" for c in str(run_name or out.resolve().name or "model"))
+    return out / f"{stem}-{outtype}.gguf"
+
+
+def _tensors(model: Any, arch: str) -> list[tuple[str, Any]]:
+    """(GGUF name, float32 numpy array in our (out, in) layout) for every tensor."""
+    cfg = model.config
+    sd = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+    out = [("token_embd.weight", sd["wte.weight"])]
+    if arch == "gpt2":
+        out.append(("position_embd.weight", sd["wpe.weight"]))
+    C, kv = cfg.n_embd, cfg.kv_size
+    for i in range(cfg.n_layer):
+        o, b = f"h.{i}.", f"blk.{i}."
+        if arch == "llama":
+            w = sd[o + "attn.c_attn.weight"]
+            gate, up = sd[o + "mlp.c_fc.weight"][:cfg.d_ff], sd[o + "mlp.c_fc.weight"][cfg.d_ff:]
+            out += [(b + "attn_norm.weight", sd[o + "ln_1.weight"]),
+                    # Interleaved RoPE rows: already llama.cpp's layout (see the module docstring).
+                    (b + "attn_q.weight", w[:C]), (b + "attn_k.weight", w[C:C + kv]),
+                    (b + "attn_v.weight", w[C + kv:]), (b + "attn_output.weight", sd[o + "attn.c_proj.weight"]),
+                    (b + "ffn_norm.weight", sd[o + "ln_2.weight"]), (b + "ffn_gate.weight", gate),
+                    (b + "ffn_up.weight", up), (b + "ffn_down.weight", sd[o + "mlp.c_proj.weight"])]
+        else:
+            for gguf, ours in (("attn_norm", "ln_1"), ("attn_qkv", "attn.c_attn"), ("attn_output", "attn.c_proj"),
+                               ("ffn_norm", "ln_2"), ("ffn_up", "mlp.c_fc"), ("ffn_down", "mlp.c_proj")):
+                out += [(f"{b}{gguf}.weight", sd[f"{o}{ours}.weight"]), (f"{b}{gguf}.bias", sd[f"{o}{ours}.bias"])]
+    out.append(("output_norm.weight", sd["ln_f.weight"]))
+    if arch == "gpt2":
+        out.append(("output_norm.bias", sd["ln_f.bias"]))
+    if not cfg.tie_weights:
+        out.append(("output.weight", sd["lm_head.weight"]))
+    return out
+
+
+def _encode(gguf: Any, array: Any, outtype: str) -> tuple[Any, Any]:
+    """(data, raw_dtype or None) for one tensor in the requested type."""
+    import numpy as np
+
+    Q = gguf.GGMLQuantizationType
+    if array.ndim == 1 or outtype == "f32":
+        return np.ascontiguousarray(array, dtype=np.float32), None
+    if outtype == "f16" or (outtype == "q8_0" and array.shape[-1] % 32):
+        return array.astype(np.float16), None
+    qtype = Q.BF16 if outtype == "bf16" else Q.Q8_0
+    return gguf.quants.quantize(np.ascontiguousarray(array, dtype=np.float32), qtype), qtype
+
+
+def _card(writer: Any, model: Any, tokenizer: Any, source: dict[str, Any], name: str) -> None:
+    """The model card's fields as general.* metadata."""
+    from lm_lightning.model_card import NOT_RECORDED, data_line, final_metrics, train_command
+
+    n = sum(p.numel() for p in model.parameters())
+    metrics, _ = final_metrics(source)
+    steps = source.get("global_step")
+    writer.add_name(name)
+    writer.add_size_label(_size(n))
+    writer.add_description(f"Exported by lm_lightning from {source.get('ckpt') or 'a model in memory'}: "
+                           f"{n:,} parameters, {steps if steps is not None else NOT_RECORDED} steps, {metrics}")
+    fields = {"general.parameter_count": str(n), "general.tokenizer_kind": getattr(tokenizer, "kind", "") or "",
+              "general.training.steps": str(steps) if steps is not None else NOT_RECORDED,
+              "general.training.final_validation": metrics, "general.training.data": data_line(source.get("run_config")),
+              "general.training.checkpoint": str(source.get("ckpt") or NOT_RECORDED),
+              "general.training.command": train_command(source),
+              "general.export.command": source.get("command") or NOT_RECORDED}
+    for key, value in fields.items():
+        writer.add_string(key, value)
+
+
+def _size(n: int) -> str:
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.3g}{suffix}"
+    return str(n)
+
+
+def write_gguf(model: Any, tokenizer: Any, path: str | Path, outtype: str = "f16",
+               source: dict[str, Any] | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Write ``path`` (a .gguf file); every refusal happens before anything is written."""
+    from lm_lightning.gguf_tokenizer import add_to_writer, gguf_vocab
+
+    path, source = Path(path), source or {}
+    check_outtype(outtype)
+    cfg = model.config
+    arch = gguf_arch(cfg)
+    vocab = gguf_vocab(tokenizer, cfg.vocab_size)
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} exists; pass overwrite=true to replace it")
+    try:
+        import gguf
+    except ImportError as exc:
+        raise UserError("format=gguf needs the gguf package: pip install -e '.[gguf]' (or pip install gguf)") from exc
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                 "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[outtype]
+    try:
+        writer = gguf.GGUFWriter(str(tmp), arch)
+        _card(writer, model, tokenizer, source, path.stem)
+        writer.add_context_length(cfg.block_size)
+        writer.add_embedding_length(cfg.n_embd)
+        writer.add_block_count(cfg.n_layer)
+        writer.add_feed_forward_length(cfg.d_ff)
+        writer.add_head_count(cfg.n_head)
+        writer.add_vocab_size(cfg.vocab_size)
+        if arch == "llama":
+            writer.add_head_count_kv(cfg.n_kv_head)
+            writer.add_rope_freq_base(float(cfg.rope_theta))
+            writer.add_rope_dimension_count(cfg.head_size)
+            writer.add_layer_norm_rms_eps(float(cfg.norm_eps))
+        else:
+            writer.add_layer_norm_eps(float(cfg.norm_eps))
+        writer.add_file_type(file_type)
+        if outtype == "q8_0":
+            writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        add_to_writer(writer, vocab)
+        for name, array in _tensors(model, arch):
+            data, raw = _encode(gguf, array, outtype)
+            writer.add_tensor(name, data, raw_dtype=raw)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"gguf": str(path), "gguf_architecture": arch, "outtype": outtype, "gguf_bytes": path.stat().st_size,
+            "gguf_tokenizer": f"{vocab.model}/{vocab.pre}"}
