@@ -245,7 +245,17 @@ def print_config(cfg: DictConfig) -> None:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train one run from a composed config; returns the summary (also written to summary.json)."""
+    """Train one run from a composed config; returns the summary (also written to summary.json).
+
+    Holds the run directory's lock throughout (global rank 0; :mod:`lm_lightning.runlock`): a
+    second start of a run that a live process is training is refused at once, exit 2."""
+    from lm_lightning.runlock import run_lock
+
+    with run_lock(output_dir(cfg)):
+        return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> dict[str, Any]:
     silence_known_warnings()  # again: callers (notebooks, pytest's recwarn) may have reset the filters
     import lightning.pytorch as pl
     from hydra.utils import instantiate
