@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import logging
 import os
 import socket
 import sys
@@ -40,8 +39,6 @@ from typing import Any
 
 from lm_lightning.distributed import env_is_global_zero
 from lm_lightning.errors import UserError
-
-log = logging.getLogger("lm_lightning")
 
 HEARTBEAT_S = 30.0
 DEFAULT_STALE_AFTER_S = 300.0
@@ -236,8 +233,7 @@ def acquire(run_dir: str | Path) -> RunLock:
                     _write_new(path, me, replace=True)
                     where = describe(holder) if holder else str(path)
                     msg = f"warning: taking over the run lock {path} left by {where}: {reason}"
-                    print(msg, file=sys.stderr, flush=True)
-                    log.warning(msg)
+                    print(msg, file=sys.stderr, flush=True)  # train.log is not open yet: the console
     except BaseException:
         for d in reversed(created):
             with contextlib.suppress(OSError):
