@@ -15,6 +15,12 @@ and ``AutoTokenizer.from_pretrained(DIR)`` load:
 The tokenizer is saved as a fast tokenizer for every kind (bpe, gpt2, hf, byte, char; see
 hf_tokenizers.py). Any other architecture is written as ``model.safetensors`` in our own
 parameter names, and the printed JSON carries a ``note`` saying why.
+
+``format=gguf`` writes one ``DIR/<run name>-<outtype>.gguf`` instead (llama.cpp, Ollama, LM Studio,
+llama-cpp-python and transformers' GGUF loader read it; see gguf_export.py), ``outtype=f16`` by
+default, or f32, bf16, q8_0. ``format=all`` writes the folder above and the ``.gguf`` into it. Every
+refusal (architecture, tokenizer, outtype, an existing ``.gguf`` without ``overwrite=true``) comes
+before anything is written.
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ from typing import Any
 from lm_lightning.errors import UserError, exit_on_user_error
 from lm_lightning.tools import load_for_inference, parse_args
 
-USAGE = "python -m lm_lightning.export ckpt=PATH out=DIR [format=auto|hf|native]"
-DEFAULTS: dict[str, Any] = {"ckpt": "", "out": "", "format": "auto"}
+USAGE = ("python -m lm_lightning.export ckpt=PATH out=DIR [format=auto|hf|native|gguf|all] "
+         "[outtype=f16|f32|bf16|q8_0] [overwrite=false]")
+DEFAULTS: dict[str, Any] = {"ckpt": "", "out": "", "format": "auto", "outtype": "f16", "overwrite": False}
+FORMATS = ("auto", "hf", "native", "gguf", "all")
 
 
 def hf_target(cfg: Any) -> tuple[str | None, dict[str, list[str]]]:
@@ -41,15 +49,31 @@ def hf_target(cfg: Any) -> tuple[str | None, dict[str, list[str]]]:
 
 
 def export(model: Any, tokenizer: Any, out: str | Path, fmt: str = "auto",
-           source: dict[str, Any] | None = None) -> dict[str, Any]:
+           source: dict[str, Any] | None = None, outtype: str = "f16", overwrite: bool = False) -> dict[str, Any]:
     """Write the folder; ``source`` (checkpoint path, step, run config, command) feeds the model card."""
     from lm_lightning.model_card import write_model_card
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"out={out} exists and is not a directory")
-    if fmt not in ("auto", "hf", "native"):
-        raise UserError(f"format must be auto, hf or native, got {fmt!r}")
+    if fmt not in FORMATS:
+        raise UserError(f"format must be {', '.join(FORMATS[:-1])} or {FORMATS[-1]}, got {fmt!r}")
+    gguf_path = _gguf_precheck(model, tokenizer, out, source or {}, outtype, overwrite) if fmt in ("gguf", "all") else None
+    if fmt == "gguf":
+        from lm_lightning.gguf_export import write_gguf
+
+        return {"out": str(out), "format": "gguf",
+                **write_gguf(model, tokenizer, gguf_path, outtype, source, overwrite=overwrite)}
+    if fmt == "all":
+        result = export(model, tokenizer, out, "auto", source)
+        from lm_lightning.gguf_export import write_gguf
+
+        result.update(write_gguf(model, tokenizer, gguf_path, outtype, source, overwrite=overwrite))
+        with (out / "README.md").open("a") as card:
+            card.write(f"GGUF ({outtype}): `{gguf_path.name}`; run it with `llama-cli -m {gguf_path}`, or in "
+                       f"transformers: `AutoModelForCausalLM.from_pretrained(\"{out}\", gguf_file=\"{gguf_path.name}\")`.\n")
+        result["files"] = sorted(p.name for p in out.iterdir())
+        return result
     target, problems = hf_target(model.config)
     if fmt == "hf" and target is None:
         raise UserError("format=hf needs GPT-2's architecture (model=gpt2) or Llama's (model=llama); this model: "
@@ -81,6 +105,25 @@ def export(model: Any, tokenizer: Any, out: str | Path, fmt: str = "auto",
     write_model_card(out, model, tokenizer, result, source or {})
     result["files"] = sorted(p.name for p in out.iterdir())
     return result
+
+
+def _gguf_precheck(model: Any, tokenizer: Any, out: Path, source: dict[str, Any], outtype: str,
+                   overwrite: bool) -> Path:
+    """The .gguf path, after every check that can refuse (so format=all writes nothing on a refusal)."""
+    from lm_lightning.gguf_export import check_outtype, gguf_arch, gguf_name
+    from lm_lightning.gguf_tokenizer import gguf_vocab
+
+    check_outtype(outtype)
+    gguf_arch(model.config)
+    gguf_vocab(tokenizer, model.config.vocab_size)
+    path = gguf_name(out, source, outtype)
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} exists; pass overwrite=true to replace it")
+    try:
+        import gguf  # noqa: F401
+    except ImportError as exc:
+        raise UserError("format=gguf needs the gguf package: pip install -e '.[gguf]' (or pip install gguf)") from exc
+    return path
 
 
 def _save_gpt2(model: Any, out: Path) -> None:
@@ -125,10 +168,20 @@ def main(argv: list[str] | None = None) -> None:
         args, _ = parse_args(argv, DEFAULTS, USAGE)
         if not args["out"]:
             raise UserError(f"out=DIR is required; usage: {USAGE}")
+        if args["format"] in ("gguf", "all"):
+            from lm_lightning.gguf_export import check_outtype
+
+            check_outtype(args["outtype"])
+        if args["ckpt"] and Path(args["ckpt"]).is_dir():
+            raise UserError(f"ckpt={args['ckpt']} is a folder (a sharded checkpoint, "
+                            f"trainer.strategy.save_distributed_checkpoint=true?); export reads one .ckpt file: "
+                            f"consolidate it first (python -m lightning.pytorch.utilities.consolidate_checkpoint "
+                            f"{args['ckpt']}) or train with trainer.strategy.save_distributed_checkpoint=false")
         inf = load_for_inference(args["ckpt"])
         source = {"ckpt": args["ckpt"], "global_step": inf.loaded.global_step, "run_config": inf.loaded.config,
                   "command": "python -m lm_lightning.export " + " ".join(argv)}
-        result = export(inf.model, inf.tokenizer, args["out"], args["format"], source)
+        result = export(inf.model, inf.tokenizer, args["out"], args["format"], source, args["outtype"],
+                        args["overwrite"])
         print(json.dumps(result), flush=True)
         if result.get("note"):
             print(f"note: {result['note']}", file=sys.stderr, flush=True)

@@ -5,8 +5,11 @@
 Written with the ``gguf`` package (llama.cpp's own writer; the optional extra ``gguf``).
 
 Architectures. Llama's shape (``model=llama``: RoPE, RMSNorm, SwiGLU, no biases, any GQA) becomes
-GGUF's ``llama``. GPT-2's shape (learned positions, LayerNorm with bias, tanh-GELU, tied head,
-``d_ff = 4 * n_embd``) becomes GGUF's ``gpt2``. Anything else is refused with the one-line reason.
+GGUF's ``llama``. GPT-2's shape (learned positions, LayerNorm with bias, tanh-GELU, tied head, no
+GQA/QK-norm/soft-cap) becomes GGUF's ``gpt2``. Anything else is refused with the one-line reason.
+transformers' GGUF loader (5.x) reads a ``gpt2`` file only at GPT-2's own context (1024) and MLP
+width (4 * n_embd): it ignores ``gpt2.context_length`` and ``gpt2.feed_forward_length``, which
+llama.cpp reads; the test proves the mapping at that shape.
 
 The q/k layout. llama.cpp's ``llama`` graph applies RoPE in its "normal" mode, which rotates
 adjacent channel pairs (2i, 2i+1) of each head -- that is why llama.cpp's converter un-permutes
@@ -54,9 +57,6 @@ def gpt2_arch_problems(cfg: Any) -> list[str]:
         problems.append("model.qk_norm=True (GPT-2 has False)")
     if cfg.logit_softcap is not None:
         problems.append(f"model.logit_softcap={cfg.logit_softcap!r} (GPT-2 has None)")
-    if cfg.d_ff != 4 * cfg.n_embd:
-        # llama.cpp reads gpt2.feed_forward_length, but transformers' GGUF loader does not (it builds 4 * n_embd).
-        problems.append(f"model.d_ff={cfg.d_ff} (GPT-2 has 4 * n_embd = {4 * cfg.n_embd})")
     return problems
 
 
@@ -151,6 +151,19 @@ def _size(n: int) -> str:
     return str(n)
 
 
+def _writer(gguf: Any, path: Path, arch: str) -> Any:
+    class Writer(gguf.GGUFWriter):
+        """GGUFWriter that also writes an empty array (it refuses them), for a vocabulary without merges."""
+
+        def _pack_val(self, val: Any, vtype: Any, add_vtype: bool, sub_type: Any = None) -> bytes:
+            if vtype == gguf.GGUFValueType.ARRAY and sub_type is not None and len(val) == 0:
+                head = self._pack("I", vtype) if add_vtype else b""
+                return head + self._pack("I", sub_type) + self._pack("Q", 0)
+            return super()._pack_val(val, vtype, add_vtype, sub_type)
+
+    return Writer(str(path), arch)
+
+
 def write_gguf(model: Any, tokenizer: Any, path: str | Path, outtype: str = "f16",
                source: dict[str, Any] | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Write ``path`` (a .gguf file); every refusal happens before anything is written."""
@@ -173,7 +186,7 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, outtype: str = "f16
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                  "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[outtype]
     try:
-        writer = gguf.GGUFWriter(str(tmp), arch)
+        writer = _writer(gguf, tmp, arch)
         _card(writer, model, tokenizer, source, path.stem)
         writer.add_context_length(cfg.block_size)
         writer.add_embedding_length(cfg.n_embd)

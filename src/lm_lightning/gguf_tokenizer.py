@@ -148,6 +148,10 @@ def add_to_writer(writer: Any, vocab: GGUFVocab) -> None:
     writer.add_token_types(vocab.types)
     if vocab.merges:
         writer.add_token_merges(vocab.merges)
+    else:  # llama.cpp requires the key for a gpt2 tokenizer; transformers reads "no merges" only from it too
+        import gguf
+
+        writer.add_key_value(gguf.Keys.Tokenizer.MERGES, [], gguf.GGUFValueType.ARRAY, sub_type=gguf.GGUFValueType.STRING)
     setters = {"bos": writer.add_bos_token_id, "eos": writer.add_eos_token_id, "eot": writer.add_eot_token_id,
                "unk": writer.add_unk_token_id, "pad": writer.add_pad_token_id}
     for key, token_id in vocab.special.items():
