@@ -20,7 +20,7 @@ from exp_helpers import ROOT, TINY, compose, run_main
 import lm_lightning
 from lm_lightning import runs
 
-SWEEP_ARGS = [*TINY, "experiment=collatz", "trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.log_every_n_steps=1", "logger=csv"]
+SWEEP_ARGS = [*TINY, "experiment=collatz", "effective_batch_size=8", "trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.log_every_n_steps=1", "logger=csv"]
 
 
 @pytest.fixture(scope="module")

@@ -112,7 +112,7 @@ def experiment_overrides(name: str, tmp_path: Path) -> list[str]:
     if name == "cs336_tinystories":
         files = wikitext_files(tmp_path, ("train", "validation"), fmt="json")
         return ["data.hf_path=json", f"data.hf_data_files={files}", "tokenizer.vocab_size=300"]
-    if name == "fragment_llm":
+    if name.startswith("fragment_llm"):  # and its tiers fragment_llm_low / fragment_llm_high
         return local + ["tokenizer.vocab_size=300", "trainer.accumulate_grad_batches=1"]
     return local
 

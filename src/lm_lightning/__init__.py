@@ -11,6 +11,22 @@ def _register_resolvers() -> None:
     # back null for `run_name: null`, which made every unnamed run write to outputs/None.
     if not OmegaConf.has_resolver("lm.or"):
         OmegaConf.register_new_resolver("lm.or", lambda value, default: default if value is None else value)
+    # `${lm.run_id:TIMESTAMP}`: an unnamed run's directory name, stable for the same command
+    # (rerunning resumes), or TIMESTAMP with fresh=true (lm_lightning.resume.run_dir_name).
+    if not OmegaConf.has_resolver("lm.run_id"):
+
+        def run_id(timestamp, _root_):
+            from lm_lightning.resume import run_dir_name
+
+            return run_dir_name(_root_, str(timestamp))
+
+        OmegaConf.register_new_resolver("lm.run_id", run_id)
+    # Recipes fix the what (effective batch), hardware presets the how (lm_lightning.recipes).
+    from lm_lightning.recipes import RESOLVERS
+
+    for name, fn in RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
 
 
 _register_resolvers()

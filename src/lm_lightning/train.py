@@ -547,6 +547,12 @@ def refuse_multirun_ddp(argv: list[str]) -> None:
 
 
 def main() -> None:
+    from lm_lightning.guide_flags import check_argv
+
+    try:  # a guide's flag (--epochs 10): one line naming the override, before Hydra's usage
+        check_argv(sys.argv[1:])
+    except UserError as exc:
+        report_and_exit(exc)
     if not CONF_DIR.is_dir():
         how = ("fix LM_LIGHTNING_CONF" if os.environ.get("LM_LIGHTNING_CONF")
                else "set LM_LIGHTNING_CONF to a directory holding train.yaml")

@@ -49,6 +49,12 @@ SCHEMA: dict[str, Any] = {
     "fresh": Bool(),
     "ckpt_path": TEXT,
     "max_training_hours": maybe(POSITIVE),
+    # Recipes fix the what, hardware presets the how (lm_lightning/recipes.py).
+    "effective_batch_size": COUNT,
+    "wandb_project": Str(),
+    "hardware.name": Str(),
+    "hardware.micro_batch_tokens": COUNT,
+    "hardware.num_workers": COUNT0,
     "loss.weights.*": NONNEG,
     "loss.z_loss": NONNEG,
     "early_stopping.monitor": Str(),
@@ -56,6 +62,10 @@ SCHEMA: dict[str, Any] = {
     "early_stopping.patience": maybe(COUNT),
     "early_stopping.min_delta": NONNEG,
     "early_stopping.stop_at": maybe(Float()),
+    "effective_batch_size": maybe(COUNT),
+    # hardware presets: what the machine can hold (recipes reach their effective batch from it)
+    "hardware.micro_batch_tokens": maybe(COUNT),
+    "hardware.num_workers": maybe(COUNT0),
     # --- model ---
     "model.n_layer": COUNT,
     "model.n_head": COUNT,
@@ -137,6 +147,7 @@ SCHEMA: dict[str, Any] = {
     "trainer.strategy.data_parallel_size": one_of(choice("auto"), COUNT),
     "trainer.strategy.tensor_parallel_size": one_of(choice("auto"), COUNT),
     "trainer.strategy.save_distributed_checkpoint": Bool(),
+    "trainer.strategy.reshard_after_forward": Bool(),
     # --- data (every data module) ---
     "data.block_size": COUNT,
     "data.batch_size": COUNT,
@@ -163,6 +174,8 @@ SCHEMA: dict[str, Any] = {
     "tokenizer.kind": choice("char", "byte", "bpe", "gpt2", "hf"),
     "tokenizer.vocab_size": COUNT,
     "tokenizer.min_frequency": COUNT,
+    "data.tokenizer.vocab_size": COUNT,     # text data modules carry the tokenizer group
+    "data.tokenizer.min_frequency": COUNT,
     # --- callbacks (by key name, whichever callback carries it) ---
     "callbacks.*.log_every_n_steps": COUNT,
     "callbacks.*.every_n_steps": COUNT0,
@@ -186,6 +199,9 @@ SCHEMA: dict[str, Any] = {
     "callbacks.control.stdin": Bool(),
     "callbacks.control.signals": Bool(),
     "callbacks.control.fit_to_time": Bool(),
+    "callbacks.early_stopping.patience": maybe(COUNT),   # interpolated from early_stopping.*
+    "callbacks.early_stopping.min_delta": NONNEG,
+    "callbacks.early_stopping.stop_at": maybe(Float()),
     "callbacks.scheduled_dropout.start": PROB,
     "callbacks.scheduled_dropout.end": PROB,
     "callbacks.scheduled_dropout.warmup_fraction": FRACTION,
