@@ -49,12 +49,10 @@ SCHEMA: dict[str, Any] = {
     "fresh": Bool(),
     "ckpt_path": TEXT,
     "max_training_hours": maybe(POSITIVE),
-    # Recipes fix the what, hardware presets the how (lm_lightning/recipes.py).
-    "effective_batch_size": COUNT,
+    # Recipes fix the what, hardware presets the how (lm_lightning/recipes.py); effective_batch_size
+    # and hardware.micro_batch_tokens/num_workers are below.
     "wandb_project": Str(),
     "hardware.name": Str(),
-    "hardware.micro_batch_tokens": COUNT,
-    "hardware.num_workers": COUNT0,
     "loss.weights.*": NONNEG,
     "loss.z_loss": NONNEG,
     "early_stopping.monitor": Str(),
