@@ -259,7 +259,10 @@ def tokenize_corpus(inputs: list[str], opts: dict[str, Any]) -> dict[str, Any]:
     plan = {"identity": identity, "inputs": [i.label() for i in corpus.inputs], "text_field": opts["text_field"],
             "tokenizer": tok.spec(), "tokenizer_key": cache.tokenizer_key(tok.spec()), "vocab_size": vocab,
             "eot_id": int(eot), "dtype": dtype.name, "shard_tokens": opts["shard_tokens"],
-            "val_tokens": 0 if single else opts["val_tokens"]}
+            "val_tokens": 0 if single else opts["val_tokens"], "batch_docs": shards.BATCH_DOCS,
+            "batch_chars": shards.BATCH_CHARS}
+    if old is not None:  # a rerun completes the plan it finds, batching included
+        plan.update({k: old[k] for k in ("batch_docs", "batch_chars", "tokenizer", "tokenizer_key") if k in old})
     created = False
     if single:
         work = out.with_name(f"{out.name}.{os.getpid()}.parts")

@@ -58,6 +58,9 @@ class Source:
 
 def parse_mixture(entries: Any, dtype: str | None = None) -> list[Source]:
     """``data.mixture`` entries (``{path, weight}``; ``name`` optional) as sources, weights checked."""
+    from lm_lightning.data.sources import _plain
+
+    entries = _plain(entries)  # Hydra hands over a ListConfig
     if not isinstance(entries, list | tuple) or not entries:
         raise UserError("data.mixture must be a non-empty list of {path: DIR_OR_GLOB, weight: w}")
     sources, names = [], set()

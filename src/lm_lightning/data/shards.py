@@ -46,8 +46,10 @@ FORMAT = "lm_lightning.shards/1"
 EXIT_AFTER_ENV = "LM_LIGHTNING_PREPARE_EXIT_AFTER"
 
 
-def batches(documents: Iterator[tuple[str, bool]]) -> Iterator[tuple[list[str], list[bool]]]:
+def batches(documents: Iterator[tuple[str, bool]], max_docs: int | None = None,
+            max_chars: int | None = None) -> Iterator[tuple[list[str], list[bool]]]:
     """Documents grouped into encode batches; empty documents are dropped (no lone EOT)."""
+    max_docs, max_chars = max_docs or BATCH_DOCS, max_chars or BATCH_CHARS
     texts: list[str] = []
     ends: list[bool] = []
     chars = 0
@@ -59,7 +61,7 @@ def batches(documents: Iterator[tuple[str, bool]]) -> Iterator[tuple[list[str], 
         ends.append(end)
         open_doc = not end
         chars += len(text)
-        if len(texts) >= BATCH_DOCS or chars >= BATCH_CHARS:
+        if len(texts) >= max_docs or chars >= max_chars:
             yield texts, ends
             texts, ends, chars = [], [], 0
     if texts:
@@ -93,9 +95,20 @@ _worker: dict[str, Any] = {}
 
 
 def _init_worker(spec: dict[str, Any], eot: int, dtype: str) -> None:
+    import threading
+
     from lm_lightning.data.tokenizers import from_spec
 
     _worker.update(tok=from_spec(spec), eot=eot, dtype=np.dtype(dtype))
+    parent = os.getppid()
+
+    def watch() -> None:  # the main process was killed (kill -9): do not linger as an orphan
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _encode_in_worker(item: tuple[list[str], list[bool]]) -> tuple[np.ndarray, np.ndarray]:
@@ -293,7 +306,8 @@ def write_shards(corpus: Any, tok: Any, out: Path, plan: dict[str, Any], workers
         last_cursor = (b, len(ids))
 
     def todo() -> Iterator[tuple[int, tuple[list[str], list[bool]]]]:
-        for b, item in enumerate(batches(corpus.documents())):
+        # The batching of the plan (a rerun must cut the same batches as the run it completes).
+        for b, item in enumerate(batches(corpus.documents(), plan.get("batch_docs"), plan.get("batch_chars"))):
             if b >= start_b:
                 yield b, item
 
