@@ -312,6 +312,8 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     # Our model summary (no FLOPs column of zeros) in place of Lightning's default one.
     callbacks += summary_callbacks(cfg.trainer.get("enable_model_summary"), callbacks)
     loggers = instantiate_group(cfg.get("logger"))
+    for logger in loggers:  # the whole resolved config: W&B's run config, TensorBoard's hparams (rank 0)
+        logger.log_hyperparams(module.run_config)
     # max_time is enforced by RunControl (a budget per invocation, with a checkpoint at the end).
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                           precision=checked.precision, max_time=None, enable_model_summary=False)

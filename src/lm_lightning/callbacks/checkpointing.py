@@ -67,7 +67,8 @@ class Checkpointing(Checkpoint):
     """Periodic (every N optimizer steps / epochs), best-k by a monitored metric, `last`, final.
 
     Files in ``dirpath``: ``step-<N>.ckpt`` (newest ``keep_last`` kept), ``best-step<N>.ckpt``
-    (best ``save_top_k``), ``last.ckpt`` (always the newest save), and at the end
+    (best ``save_top_k``), ``best.ckpt`` (always the best of them), ``last.ckpt`` (always the
+    newest save), and at the end
     ``final.ckpt`` + ``final.safetensors`` (weights only). ``save_now`` is what stop commands,
     signals and time limits call to checkpoint the current step.
     """
@@ -182,6 +183,10 @@ class Checkpointing(Checkpoint):
         self.best_model_path, best = ranked[0]
         self.best_model_score = torch.tensor(best)
         self._write(trainer, path)
+        if trainer.is_global_zero and self.best_model_path == str(path):
+            # best.ckpt: the best so far by a fixed name (guide 002's best_model.pth), swapped in
+            # atomically like last.ckpt (a hard link, else a copy).
+            link_or_copy(path, self.dirpath / "best.ckpt")
         if trainer.global_step != self._last_saved_step:
             # When this step was already saved during training (a periodic save, or the stop
             # that triggered this validation), `last` keeps that one: its RNG state is the

@@ -7,7 +7,14 @@
 - ``eval/val_loss`` after each validation and ``final/val_loss`` at the end, written straight to
   the loggers (``val/loss`` stays the name that checkpoints and sweeps monitor);
 - at the end, ``loss_curve.png`` and ``gradient_flow.png`` in the run directory (matplotlib,
-  headless, imported only then).
+  headless, imported only then);
+- options (guide 003's debugging toolkit; on in ``experiment=fundamentallm``):
+  ``histograms``: every ``histogram_every_n_steps`` steps a histogram of each parameter's
+  gradient (``Gradients/<name>``) and weights (``Weights/<name>``) to TensorBoard and W&B;
+  ``check_gradients``: every ``check_every_n_steps`` steps its ``check_gradients``: for each
+  parameter the gradient norm, weight norm and their ratio, logged as the largest ratio per
+  layer (``grad_param_ratio/<layer>``), with one warning line per problem: NaN or Inf
+  gradients, a gradient norm above ``large_grad_norm``, a ratio above ``max_grad_param_ratio``.
 
 Norms stay on the device; Lightning reads logged tensors at its log interval only.
 """
@@ -36,8 +43,15 @@ def layer_of(name: str) -> str:
 
 class Monitoring(pl.Callback):
     def __init__(self, log_every_n_steps: int = 20, per_layer_every: int = 100, dirpath: str | None = None,
-                 plots: bool = True) -> None:
+                 plots: bool = True, histograms: bool = False, histogram_every_n_steps: int = 500,
+                 check_gradients: bool = False, check_every_n_steps: int = 100, large_grad_norm: float = 100.0,
+                 max_grad_param_ratio: float = 1.0, max_warnings: int = 5) -> None:
         self.log_every_n_steps, self.per_layer_every = max(1, log_every_n_steps), max(1, per_layer_every)
+        self.histograms, self.histogram_every = bool(histograms), max(1, int(histogram_every_n_steps))
+        self.check_gradients, self.check_every = bool(check_gradients), max(1, int(check_every_n_steps))
+        self.large_grad_norm, self.max_ratio = float(large_grad_norm), float(max_grad_param_ratio)
+        self.max_warnings = max(1, int(max_warnings))
+        self.warnings: list[str] = []  # every gradient warning of this run, in order (also logged)
         self.dirpath, self.plots = (Path(dirpath) if dirpath else None), plots
         self.train_curve: list[tuple[int, float]] = []
         self.val_curve: list[tuple[int, float]] = []
@@ -50,6 +64,10 @@ class Monitoring(pl.Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         step = trainer.global_step
+        if self.histograms and step % self.histogram_every == 0:
+            self._histograms(trainer, pl_module, step)
+        if self.check_gradients and step % self.check_every == 0:
+            self._check_gradients(trainer, pl_module, step)
         per_layer = step % self.per_layer_every == 0
         if at_log_step(trainer):
             # The norm the anomaly guard and clipping share (LMModule.grad_norm), before clipping.
@@ -116,10 +134,76 @@ class Monitoring(pl.Callback):
             except Exception as exc:  # a plot must never fail a finished run
                 log.warning("could not write plots: %s", exc)
 
+    def _histograms(self, trainer, pl_module, step: int) -> None:
+        """Gradient and weight histograms, as guide 003's add_histogram loop, to TensorBoard and W&B."""
+        sinks = [lg for lg in trainer.loggers if type(lg).__name__ in ("TensorBoardLogger", "WandbLogger")]
+        if not sinks or not trainer.is_global_zero:
+            return
+        tensors: dict[str, torch.Tensor] = {}
+        for name, p in pl_module.named_parameters():
+            name = re.sub(r"^(model\.|_orig_mod\.)+", "", name)
+            if p.grad is not None:
+                tensors[f"Gradients/{name}"] = _local(p.grad)
+            tensors[f"Weights/{name}"] = _local(p.detach())
+        for lg in sinks:
+            if type(lg).__name__ == "TensorBoardLogger":
+                for key, t in tensors.items():
+                    lg.experiment.add_histogram(key, t.float().cpu(), step)
+            else:
+                import wandb  # only with logger=wandb, which imports it anyway
+
+                lg.experiment.log({key: wandb.Histogram(t.float().cpu().numpy()) for key, t in tensors.items()},
+                                  commit=False)
+
+    def _check_gradients(self, trainer, pl_module, step: int) -> None:
+        """Guide 003's check_gradients: grad norm, weight norm and ratio per parameter; warnings."""
+        named = [(re.sub(r"^(model\.|_orig_mod\.)+", "", n), p) for n, p in pl_module.named_parameters()
+                 if p.grad is not None]
+        if not named:
+            return
+        grads = [_local(p.grad) for _, p in named]
+        g_norms = torch.stack(torch._foreach_norm(grads)).float()
+        p_norms = torch.stack(torch._foreach_norm([_local(p.detach()) for _, p in named])).float()
+        finite = torch.stack([torch.isfinite(g).all() for g in grads])
+        nan = torch.stack([torch.isnan(g).any() for g in grads])
+        ratios = g_norms / (p_norms + 1e-7)
+        # One transfer for the whole check.
+        rows = torch.stack([g_norms, p_norms, ratios, finite.float(), nan.float()], dim=1).cpu().tolist()
+        by_layer: dict[str, float] = {}
+        problems: list[str] = []
+        for (name, _), (g, w, r, ok, has_nan) in zip(named, rows):
+            key = layer_of(name)
+            if ok:
+                by_layer[key] = max(by_layer.get(key, 0.0), r)
+            if has_nan:
+                problems.append(f"NaN gradients in {name}")
+            elif not ok:
+                problems.append(f"Inf gradients in {name}")
+            elif g > self.large_grad_norm:
+                problems.append(f"large gradient in {name}: grad {g:.4g} > {self.large_grad_norm:g}")
+            elif r > self.max_ratio:
+                problems.append(f"grad/param ratio {r:.4g} in {name} (grad {g:.4g}, param {w:.4g}) "
+                                f"> {self.max_ratio:g}")
+        self._to_loggers(trainer, {f"grad_param_ratio/{k}": v for k, v in by_layer.items()})
+        if not problems or not trainer.is_global_zero:
+            return
+        shown = problems[: self.max_warnings]
+        if len(problems) > len(shown):
+            shown.append(f"... and {len(problems) - len(shown)} more")
+        for text in shown:
+            line = f"gradient check, step {step}: {text}"
+            self.warnings.append(line)
+            log.warning(line)
+
     @staticmethod
     def _to_loggers(trainer: pl.Trainer, metrics: dict[str, Any]) -> None:
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A whole tensor: an FSDP2 DTensor's full value, anything else as it is."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 def _pyplot():

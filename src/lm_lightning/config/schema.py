@@ -195,6 +195,13 @@ SCHEMA: dict[str, Any] = {
     "callbacks.monitoring.plots": Bool(),
     "callbacks.progress_bar.refresh_rate": COUNT0,
     "callbacks.control.stdin": Bool(),
+    "callbacks.monitoring.histograms": Bool(),
+    "callbacks.monitoring.histogram_every_n_steps": COUNT,
+    "callbacks.monitoring.check_gradients": Bool(),
+    "callbacks.monitoring.check_every_n_steps": COUNT,
+    "callbacks.monitoring.large_grad_norm": POSITIVE,
+    "callbacks.monitoring.max_grad_param_ratio": POSITIVE,
+    "callbacks.monitoring.max_warnings": COUNT,
     "callbacks.control.signals": Bool(),
     "callbacks.control.fit_to_time": Bool(),
     "callbacks.early_stopping.patience": maybe(COUNT),   # interpolated from early_stopping.*
