@@ -121,16 +121,20 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     return [list(job) for batch in batches for job in batch]
 
 
-def fsdp_strategy(sharding_strategy: str = "FULL_SHARD", state_dict_type: str = "full",
-                  cpu_offload: bool = False, **kwargs: Any):
-    """Lightning's FSDPStrategy with one FSDP unit per transformer block.
+FSDP_TARGETS = ("FSDPStrategy", "ModelParallelStrategy", "FSDP2Strategy")
 
-    A factory rather than a bare ``_target_`` because the wrap policy is a set of classes,
-    which YAML cannot name.
+
+def is_fsdp(strategy: Any) -> bool:
+    """Does this strategy shard parameters (FSDP1, or FSDP2 through ModelParallelStrategy)?
+
+    ``strategy``: a Strategy object, a config with ``_target_``, or a registry name ("fsdp").
     """
-    from lightning.pytorch.strategies import FSDPStrategy
+    if strategy is None:
+        return False
+    if hasattr(strategy, "get") and not isinstance(strategy, str):
+        strategy = strategy.get("_target_", "")
+    if isinstance(strategy, str):
+        return strategy.lower().startswith("fsdp") or strategy.rsplit(".", 1)[-1] in FSDP_TARGETS
+    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
-    from lm_lightning.model import Block
-
-    return FSDPStrategy(auto_wrap_policy={Block}, sharding_strategy=sharding_strategy,
-                        state_dict_type=state_dict_type, cpu_offload=cpu_offload, **kwargs)
+    return isinstance(strategy, FSDPStrategy | ModelParallelStrategy)

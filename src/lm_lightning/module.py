@@ -51,6 +51,7 @@ class LMModule(pl.LightningModule):
         self.run_config: dict[str, Any] | None = None
         self.train_loss: torch.Tensor | None = None  # the newest training loss, on the device
         self._grad_norm: torch.Tensor | None = None  # see grad_norm()
+        self._compile_kwargs: dict[str, Any] | None = None  # set by compile()
 
     def _metrics(self) -> nn.ModuleDict:
         m: dict[str, torchmetrics.Metric] = {"loss": torchmetrics.MeanMetric()}
@@ -98,13 +99,64 @@ class LMModule(pl.LightningModule):
         return multi_task_loss(self(batch), batch, self.loss_weights, self.z_loss)
 
     def compile(self, **kwargs: Any) -> None:  # type: ignore[override]
-        """Compile forward and loss together: the cross-entropy fuses with the output layer."""
+        """Compile forward and loss together: the cross-entropy fuses with the output layer.
+
+        Under FSDP, ``configure_model`` undoes this and compiles each block instead (parallel.py).
+        """
+        self._compile_kwargs = dict(kwargs)
         tensor_batch = torch.compile(self._forward_loss, **kwargs)
 
         def loss_fn(batch):  # python objects in the batch (anomaly lists) stay out of the graph
             return tensor_batch({k: v for k, v in batch.items() if torch.is_tensor(v)})
 
         self._loss_fn = loss_fn
+
+    def configure_model(self) -> None:
+        """Under FSDP2 (trainer=fsdp, fsdp_cpu) shard the model here; other strategies: nothing.
+
+        Lightning calls this on every rank once the device mesh exists; lm_lightning/parallel.py
+        is the one place that applies parallelism (model.py stays a plain module).
+        """
+        from lm_lightning.distributed import is_fsdp
+
+        if self._trainer is None or not is_fsdp(self.trainer.strategy) or not hasattr(self.trainer.strategy, "device_mesh"):
+            return
+        from lm_lightning import parallel
+
+        if parallel.is_parallelized(self.model):
+            return
+        if self._compile_kwargs is not None:
+            self._loss_fn = self._forward_loss  # compiled per block instead
+        heads = [self.regression_head] if self.regression_head is not None else []
+        parallel.parallelize(self.model, self.trainer.strategy.device_mesh, heads=heads,
+                             precision=str(self.trainer.precision), compile_kwargs=self._compile_kwargs,
+                             reshard_after_forward=getattr(self.trainer.strategy, "reshard_after_forward", True))
+
+    def on_validation_start(self) -> None:
+        self._check_even_eval_batches()
+
+    def on_test_start(self) -> None:
+        self._check_even_eval_batches()
+
+    def _check_even_eval_batches(self) -> None:
+        """FSDP: every forward is a collective (each block's weights are all-gathered), so all
+        ranks must run the same number of evaluation batches; one rank with an extra batch would
+        wait forever. Checked on every rank together, so that all of them stop with the error."""
+        from lm_lightning.distributed import is_fsdp
+
+        if self._trainer is None or not is_fsdp(self.trainer.strategy) or self.trainer.world_size < 2:
+            return
+        stage = self.trainer.state.stage
+        counts = self.trainer.num_val_batches if stage == "validate" or self.trainer.validating else self.trainer.num_test_batches
+        local = torch.tensor([sum(int(c) for c in counts)], dtype=torch.long)
+        every = [torch.zeros_like(local) for _ in range(self.trainer.world_size)]
+        torch.distributed.all_gather(every, local)
+        found = sorted({int(t) for t in every})
+        if len(found) > 1:
+            from lm_lightning.errors import UserError
+
+            raise UserError(f"FSDP needs the same number of evaluation batches on every rank, got {found}: make the "
+                            f"validation split a multiple of {self.trainer.world_size} x data.batch_size")
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch)
@@ -143,6 +195,19 @@ class LMModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_eval("test")
+
+    def on_train_start(self) -> None:
+        # After a resume the restored schedule is sized for the horizon it was saved with; a
+        # rerun with a larger trainer.max_steps (or max_epochs) re-fits it (optim.refit_schedule).
+        from lm_lightning.optim import refit_schedule
+
+        total = self.total_steps if self.total_steps > 0 else int(self.trainer.estimated_stepping_batches)
+        line = refit_schedule(self.trainer, total)
+        if line and self.trainer.is_global_zero:
+            import logging
+
+            print(line, flush=True)
+            logging.getLogger("lm_lightning").info(line)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:
@@ -185,10 +250,13 @@ class LMModule(pl.LightningModule):
         # Lightning refuses to clip for fused optimizers because, under fp16 loss scaling, they
         # unscale inside step(). Without a scaler (bf16, fp32) the gradients are already true,
         # so clip them directly; fp16 runs never get a fused optimizer (configure_optimizers).
+        from lm_lightning.distributed import is_fsdp
+
         sharded = getattr(self.trainer.strategy, "model", None)
-        if gradient_clip_val and "FSDP" in type(self.trainer.strategy).__name__ and hasattr(sharded, "clip_grad_norm_"):
-            # Lightning's FSDP precision plugin refuses norm clipping; FSDP's own method computes
-            # the norm over every rank's shards.
+        if gradient_clip_val and is_fsdp(self.trainer.strategy) and hasattr(sharded, "clip_grad_norm_"):
+            # FSDP1 only: Lightning's FSDP precision plugin refuses norm clipping; FSDP's own
+            # method computes the norm over every rank's shards. (FSDP2's gradients are DTensors,
+            # which torch's clip_grad_norm_ in Lightning's default path handles.)
             if gradient_clip_algorithm in (None, "norm"):
                 sharded.clip_grad_norm_(gradient_clip_val)
             else:
@@ -210,7 +278,9 @@ class LMModule(pl.LightningModule):
         precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
         # Not fused under fp16 loss scaling, nor under FSDP, whose gradients are shards: Lightning's
         # own clipping (FSDP's clip_grad_norm_) must run there, and it refuses fused optimizers.
-        sharded = self._trainer is not None and "FSDP" in type(self.trainer.strategy).__name__
+        from lm_lightning.distributed import is_fsdp
+
+        sharded = self._trainer is not None and is_fsdp(self.trainer.strategy)
         optimizer = build_optimizer(self.optimizer_factory, self, self.device,
                                     allow_fused=precision != "16-mixed" and not sharded)
         if self.scheduler_factory is None:

@@ -10,8 +10,10 @@ never written, so a NaN can never overwrite the last good checkpoint.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +60,19 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 def weights_finite(pl_module: pl.LightningModule) -> bool:
-    """One reduction and one host sync: cheap next to writing a checkpoint."""
-    flags = [torch.isfinite(p).all() for p in pl_module.parameters() if p.is_floating_point()]
-    return bool(torch.stack(flags).all()) if flags else True
+    """One reduction and one host sync: cheap next to writing a checkpoint.
+
+    Under FSDP2 each rank checks its own shards and the ranks agree (one all-reduce), so that
+    either every rank writes its part of a sharded checkpoint or none does.
+    """
+    params = [p for p in pl_module.parameters() if p.is_floating_point()]
+    sharded = any(type(p).__name__ == "DTensor" for p in params)
+    flags = [torch.isfinite(p.to_local() if type(p).__name__ == "DTensor" else p).all() for p in params]
+    ok = torch.stack(flags).all() if flags else torch.tensor(True)
+    if sharded and torch.distributed.is_initialized():
+        ok = ok.to(torch.int32)
+        torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+    return bool(ok)
 
 
 class Checkpointing(Checkpoint):
@@ -95,10 +107,26 @@ class Checkpointing(Checkpoint):
     # -- writing ------------------------------------------------------------------------------
     def _write(self, trainer: pl.Trainer, path: Path, weights_only: bool = False) -> None:
         tmp = tmp_path(path)
-        trainer.save_checkpoint(tmp, weights_only=weights_only)
-        if trainer.is_global_zero:
-            fsync_replace(tmp, path)
+        if sharded_saves(trainer):
+            # FSDP2: every rank writes its shard into ``NAME.tmp/``; once all have finished,
+            # rank 0 renames the directory to ``NAME``. A crash leaves only a ``*.tmp`` directory,
+            # which nothing reads (resume and the readers look for ``*.ckpt``).
+            if trainer.is_global_zero and tmp.exists():
+                remove_checkpoint(tmp)
+            trainer.strategy.barrier("lm_lightning.checkpoint.start")
+            trainer.save_checkpoint(tmp, weights_only=weights_only)
+            trainer.strategy.barrier("lm_lightning.checkpoint.written")
+            if trainer.is_global_zero:
+                commit_dir(tmp, path)
+        else:
+            trainer.save_checkpoint(tmp, weights_only=weights_only)
+            if trainer.is_global_zero:
+                fsync_replace(tmp, path)
         trainer.strategy.barrier("lm_lightning.checkpoint")
+        if trainer.is_global_zero:
+            from lm_lightning.callbacks.progress import announce_line
+
+            announce_line(f"Saved checkpoint to {path}")
 
     def _refuse_poisoned(self, trainer: pl.Trainer, pl_module: pl.LightningModule, why: str) -> bool:
         if weights_finite(pl_module):
@@ -113,7 +141,7 @@ class Checkpointing(Checkpoint):
         if self.save_last:
             last = self.dirpath / "last.ckpt"
             if trainer.is_global_zero:
-                link_or_copy(src, last)
+                alias(src, last)
             self.last_model_path = str(last)
 
     def save_now(self, trainer: pl.Trainer, pl_module: pl.LightningModule, why: str = "requested") -> Path | None:
@@ -136,7 +164,7 @@ class Checkpointing(Checkpoint):
             return
         periodic = sorted((int(m.group(1)), p) for p in self.dirpath.iterdir() if (m := PERIODIC.match(p.name)))
         for _, p in periodic[:-self.keep_last]:
-            p.unlink(missing_ok=True)
+            remove_checkpoint(p)
 
     # -- when to save -------------------------------------------------------------------------
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -185,8 +213,8 @@ class Checkpointing(Checkpoint):
         self._write(trainer, path)
         if trainer.is_global_zero and self.best_model_path == str(path):
             # best.ckpt: the best so far by a fixed name (guide 002's best_model.pth), swapped in
-            # atomically like last.ckpt (a hard link, else a copy).
-            link_or_copy(path, self.dirpath / "best.ckpt")
+            # atomically like last.ckpt (a hard link, or a symlink to a sharded directory).
+            alias(path, self.dirpath / "best.ckpt")
         if trainer.global_step != self._last_saved_step:
             # When this step was already saved during training (a periodic save, or the stop
             # that triggered this validation), `last` keeps that one: its RNG state is the
@@ -195,7 +223,7 @@ class Checkpointing(Checkpoint):
             self._point_last(trainer, path)
         for old in evicted:  # only once the better one is on disk
             if trainer.is_global_zero and old != str(path):
-                Path(old).unlink(missing_ok=True)
+                remove_checkpoint(Path(old))
         if trainer.is_global_zero:
             self._write_index()
 
@@ -226,8 +254,9 @@ class Checkpointing(Checkpoint):
             self.save_now(trainer, pl_module, "end")
         if self.final_model and trainer.global_step > 0 and not trainer.fast_dev_run and not self._refuse_poisoned(trainer, pl_module, "final"):
             self._write(trainer, self.dirpath / "final.ckpt", weights_only=True)
+            state = full_model_state(pl_module)  # a collective under FSDP2: every rank takes part
             if trainer.is_global_zero:
-                save_safetensors(pl_module, self.dirpath / "final.safetensors")
+                save_safetensors(pl_module, self.dirpath / "final.safetensors", state)
             self.final_model_path = str(self.dirpath / "final.ckpt")
 
     # -- state that travels in the checkpoint -------------------------------------------------
@@ -238,7 +267,7 @@ class Checkpointing(Checkpoint):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         # Only files that still exist count: a best checkpoint deleted by hand is forgotten.
         known = {**state.get("best_k", {}), **self._read_index()}
-        self.best_k = {p: s for p, s in known.items() if Path(p).is_file()}
+        self.best_k = {p: s for p, s in known.items() if Path(p).exists()}
         if self.best_k:
             ranked = sorted(self.best_k.items(), key=lambda kv: kv[1], reverse=self.mode == "max")
             self.best_model_path, best = ranked[0]
@@ -268,7 +297,88 @@ class Checkpointing(Checkpoint):
             self._resumed_rng = None
 
 
-def save_safetensors(pl_module: pl.LightningModule, path: Path) -> None:
+def sharded_saves(trainer: pl.Trainer) -> bool:
+    """Does this trainer write checkpoints as directories of per-rank shards (FSDP2 + DCP)?"""
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    return isinstance(trainer.strategy, ModelParallelStrategy) and \
+        bool(getattr(trainer.strategy, "_save_distributed_checkpoint", False))
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint file, a sharded checkpoint directory, or an alias (symlink)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _fsync_tree(directory: Path) -> None:
+    for f in directory.iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit_dir(tmp: Path, final: Path) -> None:
+    """Make the complete directory ``tmp`` visible as ``final`` (replacing an older one)."""
+    _fsync_tree(tmp)
+    old = None
+    if final.is_symlink() or final.is_file():
+        final.unlink()
+    elif final.is_dir():  # a re-save of the same name: move the old one aside first
+        old = final.with_name(final.name + ".old")
+        remove_checkpoint(old)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    if old is not None:
+        remove_checkpoint(old)
+
+
+def alias(src: Path, dst: Path) -> None:
+    """Atomically make ``dst`` (``last.ckpt``) name the checkpoint ``src``.
+
+    A file: a hard link (or copy). A sharded directory: a relative symlink, replaced atomically
+    (a directory cannot be hard-linked).
+    """
+    if not src.is_dir():
+        if dst.is_dir() and not dst.is_symlink():
+            remove_checkpoint(dst)
+        link_or_copy(src, dst)
+        return
+    if dst.is_dir() and not dst.is_symlink():
+        remove_checkpoint(dst)
+    tmp = tmp_path(dst)
+    remove_checkpoint(tmp)
+    os.symlink(os.path.relpath(src, dst.parent), tmp)
+    os.replace(tmp, dst)
+    _fsync_dir(dst.parent)
+
+
+def full_model_state(pl_module: pl.LightningModule) -> dict[str, torch.Tensor]:
+    """The module's full state dict on CPU; under FSDP2 gathered from the shards (every rank must
+    call it; rank 0 gets the tensors, the others an empty dict)."""
+    if any(type(p).__name__ == "DTensor" for p in pl_module.parameters()):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(pl_module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return pl_module.state_dict()
+
+
+def save_safetensors(pl_module: pl.LightningModule, path: Path, state: dict[str, torch.Tensor] | None = None) -> None:
     """The bare GPT (and heads) in safetensors; a tied lm_head is stored once, under wte."""
     import json
 
@@ -276,7 +386,8 @@ def save_safetensors(pl_module: pl.LightningModule, path: Path) -> None:
 
     from lm_lightning.loading import strip_prefixes
 
-    state = strip_prefixes({k: v for k, v in pl_module.state_dict().items() if not k.startswith("val_metrics.")})
+    state = pl_module.state_dict() if state is None else state
+    state = strip_prefixes({k: v for k, v in state.items() if not k.startswith("val_metrics.")})
     cfg = getattr(pl_module, "config", None)
     if cfg is not None and getattr(cfg, "tie_weights", False):
         state.pop("lm_head.weight", None)

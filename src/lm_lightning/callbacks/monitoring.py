@@ -86,7 +86,10 @@ class Monitoring(pl.Callback):
             values = {k: v.sqrt() for k, v in by_layer.items()}
             # One sync every per_layer_every steps. Written straight to the loggers: a value given
             # to self.log would be re-reported, stale, at every log step until the next one.
-            host = dict(zip(values, torch.stack(list(values.values())).tolist()))
+            stacked = torch.stack(list(values.values()))
+            if hasattr(stacked, "full_tensor"):  # FSDP2: DTensor gradients give replicated norms
+                stacked = stacked.full_tensor()
+            host = dict(zip(values, stacked.tolist()))
             self._to_loggers(trainer, {f"grad_norm/{k}": v for k, v in host.items()})
             for k, v in host.items():
                 self.grad_flow.setdefault(k, []).append(v)
