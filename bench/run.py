@@ -120,7 +120,8 @@ def section_recipe() -> dict:
 
 
 SECTIONS = {"shakespeare": section_shakespeare, "recipe": section_recipe, "memory": section_memory, "overhead": section_overhead,
-            "tax": section_tax, "collatz": section_collatz, "startup": section_startup}
+            "tax": section_tax, "collatz": section_collatz, "startup": section_startup,
+            "tokenize": lambda: __import__("bench.tokenize").tokenize.measure()}
 
 
 def render(cpu: dict, gpu: dict | None, have_gpu: bool) -> str:
@@ -216,6 +217,7 @@ def render(cpu: dict, gpu: dict | None, have_gpu: bool) -> str:
                 label = "activation checkpointing" if r["activation_checkpointing"] else "no checkpointing"
                 out.append(f"| {label} | {r['batch']} | {r['ms_per_step']:.1f} | {r['peak_memory_gb']:.1f} GB |")
             out.append("")
+    out += __import__("bench.tokenize").tokenize.render(cpu["tokenize"]) if "tokenize" in cpu else []
     notes = ROOT / "bench" / "NOTES.md"
     if notes.is_file():
         out += [notes.read_text().strip(), ""]

@@ -210,9 +210,8 @@ def tokenize_corpus(inputs: list[str], opts: dict[str, Any]) -> dict[str, Any]:
     """``prepare tokenize ... out=DIR|FILE.bin`` (see the module docstring and data/shards.py)."""
     import numpy as np
 
-    from lm_lightning.data import cache, shards
+    from lm_lightning.data import shards
     from lm_lightning.data.corpus import Corpus, expand_inputs
-    from lm_lightning.data.tokens import DTYPES, dtype_for_vocab
 
     out = Path(opts["out"])
     single = out.suffix in (".bin", ".ids")
@@ -248,16 +247,16 @@ def tokenize_corpus(inputs: list[str], opts: dict[str, Any]) -> dict[str, Any]:
                         f"which goes after every document; use one that has it")
     vocab = int(tok.vocab_size)
     if opts["dtype"] == "auto":
-        dtype = dtype_for_vocab(vocab)
+        dtype = np.dtype(np.uint16 if vocab <= 65536 else np.uint32)  # data.tokens.dtype_for_vocab (no torch here)
     elif opts["dtype"] in ("uint16", "uint32"):
-        dtype = np.dtype(DTYPES[opts["dtype"]])
+        dtype = np.dtype(opts["dtype"])
         if vocab - 1 > np.iinfo(dtype).max:
             raise UserError(f"a vocabulary of {vocab:,} ids does not fit dtype={opts['dtype']} "
                             f"(ids up to {np.iinfo(dtype).max:,}); use dtype=uint32 or dtype=auto")
     else:
         raise UserError(f"dtype must be auto, uint16 or uint32, got {opts['dtype']!r}")
     plan = {"identity": identity, "inputs": [i.label() for i in corpus.inputs], "text_field": opts["text_field"],
-            "tokenizer": tok.spec(), "tokenizer_key": cache.tokenizer_key(tok.spec()), "vocab_size": vocab,
+            "tokenizer": tok.spec(), "tokenizer_key": shards.tokenizer_key(tok.spec()), "vocab_size": vocab,
             "eot_id": int(eot), "dtype": dtype.name, "shard_tokens": opts["shard_tokens"],
             "val_tokens": 0 if single else opts["val_tokens"], "batch_docs": shards.BATCH_DOCS,
             "batch_chars": shards.BATCH_CHARS}
@@ -275,7 +274,7 @@ def tokenize_corpus(inputs: list[str], opts: dict[str, Any]) -> dict[str, Any]:
     try:
         if not single and old is None:
             if hasattr(tok, "to_json"):
-                shards._write_json(work / "tokenizer.json", json.loads(tok.to_json()))
+                (work / "tokenizer.json").write_text(tok.to_json(), encoding="utf-8")
             shards._write_json(plan_file, plan)
         stats = shards.write_shards(corpus, tok, work, plan, workers=opts["workers"], progress=opts["progress"])
         done = shards.finished_shards(work, "train")

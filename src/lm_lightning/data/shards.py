@@ -40,7 +40,7 @@ from lm_lightning.atomic import fsync_replace
 from lm_lightning.errors import UserError
 
 BATCH_DOCS = 1000
-BATCH_CHARS = 4 << 20
+BATCH_CHARS = 2 << 20
 FORMAT = "lm_lightning.shards/1"
 # Test hook: exit abruptly (as kill -9 would) at the first write after this many shards were finished.
 EXIT_AFTER_ENV = "LM_LIGHTNING_PREPARE_EXIT_AFTER"
@@ -70,8 +70,13 @@ def batches(documents: Iterator[tuple[str, bool]], max_docs: int | None = None,
 
 def encode(tok: Any, texts: list[str], ends: list[bool], eot: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """The batch's ids (EOT after each document end) and the cumulative token count at each document end."""
-    batch = getattr(tok, "encode_batch", None)
-    lists = batch(texts) if batch is not None else [tok.encode_array(t) for t in texts]
+    fast = getattr(getattr(tok, "tok", None), "encode_batch_fast", None)
+    if fast is not None:  # tokenizers >= 0.21: the same ids without computing offsets
+        lists = [e.ids for e in fast(texts, add_special_tokens=tok.kind != "hf")]
+    elif (batch := getattr(tok, "encode_batch", None)) is not None:
+        lists = batch(texts)
+    else:
+        lists = [tok.encode_array(t) for t in texts]
     lens = np.fromiter((len(ids) for ids in lists), dtype=np.int64, count=len(lists))
     endv = np.asarray(ends, dtype=np.int64)
     sizes = lens + endv
@@ -94,9 +99,11 @@ def encode(tok: Any, texts: list[str], ends: list[bool], eot: int, dtype: np.dty
 _worker: dict[str, Any] = {}
 
 
-def _init_worker(spec: dict[str, Any], eot: int, dtype: str) -> None:
+def _init_worker(spec: dict[str, Any], eot: int, dtype: str, threads: int) -> None:
     import threading
 
+    # The Rust tokenizer's own thread pool: the cores shared among the workers, not each taking all.
+    os.environ["RAYON_NUM_THREADS"] = str(threads)
     from lm_lightning.data.tokenizers import from_spec
 
     _worker.update(tok=from_spec(spec), eot=eot, dtype=np.dtype(dtype))
@@ -119,6 +126,16 @@ def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1))
     fsync_replace(tmp, path)
+
+
+def tokenizer_key(spec: dict[str, Any]) -> dict[str, Any]:
+    """What identifies a tokenizer (data.cache's rule, without importing torch through it)."""
+    import hashlib
+
+    out = {k: v for k, v in spec.items() if k != "json"}
+    if "json" in spec:
+        out["json_sha"] = hashlib.sha256(json.dumps(spec["json"], sort_keys=True).encode()).hexdigest()[:32]
+    return out
 
 
 def shard_name(split: str, index: int) -> str:
@@ -317,7 +334,8 @@ def write_shards(corpus: Any, tok: Any, out: Path, plan: dict[str, Any], workers
             from concurrent.futures import ProcessPoolExecutor
 
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                     initargs=(tok.spec(), eot, dtype.name)) as pool:
+                                     initargs=(tok.spec(), eot, dtype.name,
+                                               max(1, (os.cpu_count() or 1) // workers))) as pool:
                 pending: deque = deque()
                 for b, item in todo():
                     pending.append((b, pool.submit(_encode_in_worker, item)))
