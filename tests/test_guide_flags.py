@@ -23,7 +23,7 @@ EXPECTED = {
     "--beta1": "optimizer.betas=[7,0.95]", "--beta2": "optimizer.betas=[0.9,7]",
     "--block-size": "data.block_size=7", "--checkpoint_dir": "run_name=7",
     "--checkpoint_interval": "callbacks.checkpointing.every_n_steps=7", "--context_length": "data.block_size=7",
-    "--d_ff": "model.d_ff=7", "--d_model": "model.n_embd=7", "--data": "data.train_path=7",
+    "--d_ff": "model.d_ff=7", "--d_model": "model.n_embd=7", "--data": "split=val data=text data.train_path=TRAIN data.val_path=7",
     "--device": "trainer=cpu", "--dropout": "model.dropout=7", "--early-stopping": "early_stopping.patience=10",
     "--epochs": "trainer.max_epochs=7", "--eps": "optimizer.eps=7", "--eval_interval": "trainer.val_check_interval=7",
     "--eval_iters": "data.eval_batches=7", "--grad-accum-steps": "trainer.accumulate_grad_batches=7",

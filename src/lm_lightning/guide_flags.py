@@ -63,8 +63,8 @@ GUIDE_FLAGS: dict[str, tuple[str, bool, str]] = {
                           "already picks mixed precision on a GPU)", False, ""),
     "--early-stopping": ("early_stopping.patience=10", False, ""),
     "--patience": ("early_stopping.patience={v}", True, "N"),
-    "--data": ("python -m lm_lightning.evaluate ckpt=CKPT data=text data.train_path={v} split=val "
-               "(train.py does not evaluate)", True, "PATH"),
+    "--data": ("python -m lm_lightning.evaluate ckpt=CKPT split=val data=text data.train_path=TRAIN "
+               "data.val_path={v} (train.py does not evaluate)", True, "PATH"),
     # guide 004, cs336 (python -m cs336_basics.training_together --train_data_path ... --max_iters ...)
     "--train_data_path": ("data=tokens data.train_path={v}", True, "PATH"),
     "--val_data_path": ("data.val_path={v}", True, "PATH"),
