@@ -187,11 +187,13 @@ def test_overwrite_replaces_the_old_run(finished_run, tmp_path):
     assert not (run / "checkpoints" / "step-4.ckpt").exists()
 
 
-def test_unnamed_runs_never_auto_resume(finished_run, tmp_path):
+def test_unnamed_runs_resume_unless_fresh(finished_run, tmp_path):
+    # An unnamed run lives in <experiment>-<config id>/, the same directory for the same command:
+    # it resumes there (issue 17: rerun = resume); fresh=true is a new run that never resumes.
     root, _ = finished_run
     run = copy_run(root, tmp_path / "r")
-    cfg = compose(tmp_path, ["run_name=null"], run_name="r")
-    assert plan_resume(cfg, run, None).path is None
+    assert plan_resume(compose(tmp_path, ["run_name=null"], run_name="r"), run, None).path == run / "checkpoints" / "last.ckpt"
+    assert plan_resume(compose(tmp_path, ["run_name=null", "fresh=true"], run_name="r"), run, None).path is None
 
 
 def test_multirun_jobs_write_to_their_own_directory(tmp_path):

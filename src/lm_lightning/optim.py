@@ -222,17 +222,53 @@ class WarmupCosine:
         self.floor = float(floor)
 
     def __call__(self, step: int) -> float:
+        if getattr(self, "refit", None) is not None and step >= self.refit[0]:
+            return self._refitted(step)
         if step < self.warmup_steps:
             return (step + 1) / (self.warmup_steps + 1)
         decay_steps = max(1, self.total_steps - self.warmup_steps)
         progress = min(1.0, (step - self.warmup_steps) / decay_steps)
         return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
+    # -- a new horizon for a resumed run ----------------------------------------------------
+    def left(self, progress: float) -> float:
+        """The share of the decay still ahead at ``progress`` (0..1) of it: this schedule's shape."""
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def _refitted(self, step: int) -> float:
+        start, value = self.refit
+        progress = min(1.0, (step - start) / max(1, self.total_steps - start))
+        return self.floor + (value - self.floor) * self.left(progress)
+
+    def refit_to(self, step: int, total_steps: int) -> float | None:
+        """End at ``total_steps`` instead, carrying on from ``step`` without a jump: from the
+        multiplier it has at ``step``, the same shape of decay to ``floor`` over the steps left.
+        Within the warmup (or WSD's stable stage) only the end moves. Returns the multiplier
+        at ``step``; None when nothing changes. The state is plain attributes, so LambdaLR's
+        state_dict carries it into the next checkpoint."""
+        total_steps = int(total_steps)
+        if total_steps == self.total_steps or total_steps <= step:
+            return None
+        value = self(step)
+        if step < self.warmup_steps or self._stable_at(step, total_steps):
+            self.total_steps, self.refit = total_steps, None
+        else:
+            self.total_steps, self.refit = total_steps, (int(step), float(value))
+        return value
+
+    def _stable_at(self, step: int, total_steps: int) -> bool:
+        return False
+
 
 class WarmupLinear(WarmupCosine):
     """Linear warmup to 1, then linear decay to ``floor`` at ``total_steps``."""
 
+    def left(self, progress: float) -> float:
+        return 1.0 - progress
+
     def __call__(self, step: int) -> float:
+        if getattr(self, "refit", None) is not None and step >= self.refit[0]:
+            return self._refitted(step)
         if step < self.warmup_steps:
             return (step + 1) / (self.warmup_steps + 1)
         decay_steps = max(1, self.total_steps - self.warmup_steps)
@@ -245,6 +281,9 @@ class WarmupConstant(WarmupCosine):
 
     def __call__(self, step: int) -> float:
         return (step + 1) / (self.warmup_steps + 1) if step < self.warmup_steps else 1.0
+
+    def _stable_at(self, step: int, total_steps: int) -> bool:
+        return True  # nothing decays: only the end moves
 
 
 class WarmupStableDecay(WarmupCosine):
@@ -275,19 +314,26 @@ class WarmupStableDecay(WarmupCosine):
         return max(self.warmup_steps, self.total_steps - round(self.decay_fraction * self.total_steps))
 
     def __call__(self, step: int) -> float:
+        if getattr(self, "refit", None) is not None and step >= self.refit[0]:
+            return self._refitted(step)
         if step < self.warmup_steps:
             return (step + 1) / (self.warmup_steps + 1)
         start = self.decay_start
         if step < start:
             return 1.0
         progress = min(1.0, (step - start) / max(1, self.total_steps - start))
+        return self.floor + (1.0 - self.floor) * self.left(progress)
+
+    def left(self, progress: float) -> float:
         if self.shape == "linear":
-            left = 1.0 - progress
-        elif self.shape == "cosine":
-            left = 0.5 * (1.0 + math.cos(math.pi * progress))
-        else:
-            left = 1.0 - math.sqrt(progress)
-        return self.floor + (1.0 - self.floor) * left
+            return 1.0 - progress
+        if self.shape == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0 - math.sqrt(progress)
+
+    def _stable_at(self, step: int, total_steps: int) -> bool:
+        # Before the new horizon's decay start the run is (again) in the stable stage.
+        return step < max(self.warmup_steps, total_steps - round(self.decay_fraction * total_steps))
 
 
 def _floor(optimizer: torch.optim.Optimizer, min_lr: float | None, min_lr_ratio: float) -> float:
@@ -356,3 +402,28 @@ def lightning_scheduler(scheduler: Any, trainer: Any) -> dict[str, Any]:
     every = getattr(trainer, "check_val_every_n_epoch", 1) or 1
     return {"scheduler": scheduler, "monitor": scheduler.monitor, "interval": "epoch",
             "frequency": int(every), "strict": True}
+
+
+def refit_schedule(trainer: Any, total_steps: int) -> str | None:
+    """After a resume: when the run's horizon (``trainer.max_steps``, or the steps of
+    ``max_epochs``) differs from the one the restored schedule was sized for, re-fit it to end
+    there, carrying on from the current step (:meth:`WarmupCosine.refit_to`). The same horizon
+    changes nothing, so such a resume stays bitwise exact. A schedule resized by fit_to_time is
+    left alone. Returns the line to print, or None."""
+    for config in getattr(trainer, "lr_scheduler_configs", []):
+        sched = config.scheduler
+        fns = {id(fn): fn for fn in getattr(sched, "lr_lambdas", []) if isinstance(fn, WarmupCosine)}
+        for fn in fns.values():
+            if getattr(fn, "fitted", False):
+                continue
+            old, step = fn.total_steps, int(sched.last_epoch)
+            value = fn.refit_to(step, total_steps)
+            if value is None:
+                continue
+            try:
+                lr = f"{_base_lr(sched.optimizer) * value:.3g}"
+            except (AttributeError, KeyError, IndexError):
+                lr = f"x{value:.3g}"
+            return (f"lr schedule: the run now ends at step {total_steps} (was {old}); re-fitted from step "
+                    f"{step} (lr {lr}) to reach its end there")
+    return None

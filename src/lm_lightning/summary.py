@@ -25,7 +25,9 @@ def write_summary(trainer, run_dir: Path, status: str, elapsed: float,
 
     ckpt = trainer.checkpoint_callback
     metrics = {k: _scalar(v) for k, v in current_metrics(trainer).items()
-               if k.startswith(("val/", "test/"))}
+               if k.startswith(("val/", "test/", "eval/"))}
+    for cb in trainer.callbacks:  # the final evaluation on both splits (callbacks.split_eval)
+        metrics.update(getattr(cb, "final_metrics", None) or {})
     summary: dict[str, Any] = {
         "status": status,
         "global_step": trainer.global_step,

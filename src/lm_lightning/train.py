@@ -391,9 +391,9 @@ def announce_resume(trainer, plan) -> str | None:
     if plan.path is None:
         return None
     if trainer.is_global_zero:
-        msg = f"Resumed from step {plan.global_step} ({plan.path})"
-        print(msg, flush=True)
-        log.info(msg)
+        for msg in (f"Loading checkpoint: {plan.path}", f"Resumed from step {plan.global_step} ({plan.path})"):
+            print(msg, flush=True)
+            log.info(msg)
     return str(plan.path)
 
 
@@ -502,10 +502,18 @@ def precheck(argv: list[str]) -> None:
 
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="train", overrides=argv)
+            cfg = compose(config_name="train", overrides=argv, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         report_and_exit(UserError(one_line(exc).split(" Config search path")[0]))
     try:
+        with open_dict(cfg):
+            # The run directory as Hydra will name it (an unnamed run's name starts with the
+            # experiment, which only the hydra node knows), then the job's config without it.
+            try:
+                cfg.paths.run_dir = str(cfg.paths.run_dir)
+            except OmegaConfBaseException as exc:
+                raise UserError(f"config: {one_line(exc)}") from exc
+            del cfg["hydra"]
         checked = check(cfg, argv)
         precheck_resume(cfg, checked)
     except UserError as exc:

@@ -87,13 +87,16 @@ class Checkpointing(Checkpoint):
 
     def __init__(self, dirpath: str, every_n_steps: int = 1000, every_n_epochs: int = 0, keep_last: int = 3,
                  monitor: str | None = "val/loss", mode: str = "min", save_top_k: int = 1,
-                 save_last: bool = True, final_model: bool = True) -> None:
+                 save_last: bool = True, final_model: bool = True, epoch_filename: str | None = None) -> None:
         if mode not in ("min", "max"):
             raise ValueError(f"checkpointing mode must be 'min' or 'max', got {mode!r}")
         self.dirpath = Path(dirpath).absolute()  # paths in checkpoints and summary.json work from anywhere
         self.every_n_steps, self.every_n_epochs = max(0, int(every_n_steps)), max(0, int(every_n_epochs or 0))
         self.keep_last, self.monitor, self.mode = max(1, int(keep_last)), monitor, mode
         self.save_top_k, self.save_last, self.final_model = int(save_top_k), save_last, final_model
+        # Epoch saves under their own name (e.g. "checkpoint_epoch_{epoch}", epoch counted from 1)
+        # instead of step-<N>.ckpt; not pruned by keep_last.
+        self.epoch_filename = epoch_filename or None
         self.best_k: dict[str, float] = {}  # path -> score
         self.best_model_path = ""
         self.best_model_score: torch.Tensor | None = None
@@ -179,8 +182,21 @@ class Checkpointing(Checkpoint):
             self.save_now(trainer, pl_module, "periodic")
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+        # Once per epoch, after its last batch (and its epoch-end validation, if any), numbered
+        # from 1 as the guides number epochs: `checkpoint_epoch_5` is the end of the fifth.
+        epoch = trainer.current_epoch + 1
+        if not self.every_n_epochs or epoch % self.every_n_epochs or trainer.fast_dev_run:
+            return
+        if not self.epoch_filename:
             self.save_now(trainer, pl_module, "epoch")
+            return
+        if self._refuse_poisoned(trainer, pl_module, "epoch"):
+            return
+        path = self.dirpath / f"{self.epoch_filename.format(epoch=epoch, step=trainer.global_step)}.ckpt"
+        self._write(trainer, path)
+        if trainer.global_step != self._last_saved_step:
+            self._last_saved_step = trainer.global_step
+            self._point_last(trainer, path)
 
     def _better(self, a: float, b: float) -> bool:
         return a < b if self.mode == "min" else a > b

@@ -126,7 +126,8 @@ class Monitoring(pl.Callback):
             self._to_loggers(trainer, {"eval/val_loss": float(value)})
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self.val_curve:
+        # With callbacks.split_eval the final metrics come from its separate final evaluation.
+        if self.val_curve and not any(type(cb).__name__ == "SplitEval" for cb in trainer.callbacks):
             self._to_loggers(trainer, {"final/val_loss": self.val_curve[-1][1]})
         if self.plots and trainer.is_global_zero and not trainer.fast_dev_run:
             d = self.dirpath or Path(trainer.default_root_dir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from typing import Any
 
@@ -27,14 +28,27 @@ class ProgressBar(RichProgressBar):
     def __init__(self, refresh_rate: int = 10, leave: bool = True) -> None:
         super().__init__(refresh_rate=refresh_rate, leave=leave, theme=RichProgressBarTheme(metrics_format=".4g"))
 
+    # The bar counts optimizer steps, its position and its total alike (Lightning's counts
+    # micro-batches against a total that, with accumulation, was optimizer steps: `1060/200`).
+    def _step_bounded(self) -> bool:
+        trainer = self.trainer
+        return trainer.max_steps > 0 and (trainer.max_epochs in (-1, None)
+                                          or super().total_train_batches == float("inf"))
+
     @property
     def total_train_batches(self) -> int | float:
-        total = super().total_train_batches
         trainer = self.trainer
-        if total == float("inf") and trainer.max_steps > 0:
-            # An endless stream: the run ends at max_steps, so that is the bar's total.
-            return trainer.max_steps * trainer.accumulate_grad_batches
-        return total
+        if self._step_bounded():
+            return trainer.max_steps  # the run ends there, also for an endless stream
+        total = super().total_train_batches  # micro-batches per epoch
+        if total == float("inf"):
+            return total
+        return -(-int(total) // max(1, trainer.accumulate_grad_batches))
+
+    def _position(self, trainer, batch_idx: int) -> int:
+        if self._step_bounded():
+            return trainer.global_step
+        return (batch_idx + 1) // max(1, trainer.accumulate_grad_batches)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # Lightning's rich bar reads every progress-bar metric on every batch, and reading a
@@ -42,7 +56,11 @@ class ProgressBar(RichProgressBar):
         # batches, and on the last one.
         last = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
         if (batch_idx + 1) % max(1, self.refresh_rate) == 0 or last:
-            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+            if not self.is_disabled and self.train_progress_bar_id is None:
+                self._initialize_train_progress_bar_id()  # a mid-epoch resume
+            self._update(self.train_progress_bar_id, self._position(trainer, batch_idx))
+            self._update_metrics(trainer, pl_module)
+            self.refresh()
 
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
@@ -189,3 +207,166 @@ class LearningRate(pl.Callback):
         if trainer.optimizers and (trainer.global_step % self.log_every_n_steps == 0 or trainer.global_step == 1):
             lr = trainer.optimizers[0].param_groups[0]["lr"]
             pl_module.log("train/learning_rate", lr)
+
+
+# -- plain lines: what a log file, a pipe, nohup or SLURM gets ------------------------------------
+# Short names of the loss parts in the progress line (Collatz as its guide prints them).
+PART_NAMES = {"stopping_time": "Stop", "next_token": "Seq"}
+
+
+def stdout_is_terminal() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def announce_line(msg: str) -> None:
+    """One plain line: always to train.log; to stdout too when stdout is not a terminal (a log
+    file, a pipe, nohup, SLURM), where the rich bar cannot draw. Callers are rank 0."""
+    log.info(msg)
+    if not stdout_is_terminal():
+        print(msg, flush=True)
+
+
+def _fmt_elapsed(seconds: float) -> str:
+    s = max(0, int(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def data_sizes(datamodule: Any) -> str | None:
+    """``Train data: N tokens | Validation data: M tokens`` where the data module can tell."""
+    if datamodule is None:
+        return None
+    parts = []
+    if hasattr(datamodule, "split_tokens"):
+        for split, title in (("train", "Train data"), ("val", "Validation data")):
+            try:
+                parts.append(f"{title}: {int(datamodule.split_tokens(split)):,} tokens")
+            except Exception:  # a mixture or a source without that split: say what is known
+                continue
+    else:
+        val = getattr(getattr(datamodule, "_val", None), "batches", None)
+        if val is not None:  # Collatz: an endless generated stream, a fixed validation set
+            samples = sum(int(b["input_ids"].shape[0]) for b in val)
+            tokens = sum(int(b["lengths"].sum()) if "lengths" in b else int(b["input_ids"].numel()) for b in val)
+            parts = ["Train data: generated on the fly (endless)",
+                     f"Validation data: {samples:,} samples, {tokens:,} tokens"]
+    return " | ".join(parts) or None
+
+
+class PlainProgress(pl.Callback):
+    """Plain progress lines, one per log interval, for train.log and (when it is not a terminal)
+    stdout, in the guides' form::
+
+        Step 100 | Loss: 0.3698 (Stop: 0.0003, Seq: 0.3695) | LR: 4.13e-05 | Time: 2.68s | Elapsed: 0:00:27 | Tokens/s: 113,024
+
+    plus the data sizes at the start, a line per evaluation and a line per checkpoint written
+    (lm_lightning's own and Lightning's ModelCheckpoint). Values are read from the device only
+    at those lines (one host sync per log interval), never per step.
+    """
+
+    def __init__(self, log_every_n_steps: int = 20) -> None:
+        self.log_every_n_steps = max(1, int(log_every_n_steps))
+        self._start = time.monotonic()
+        self._t0: float | None = None
+        self._paused = 0.0
+        self._val_start: float | None = None
+        self._tokens = 0
+        self._seen_ckpts: dict[int, str] = {}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._start = time.monotonic()
+        self._t0, self._paused, self._tokens = None, 0.0, 0
+        if not trainer.is_global_zero:
+            return
+        sizes = data_sizes(trainer.datamodule)
+        if sizes:
+            announce_line(sizes)
+        horizon = f"max steps {trainer.max_steps}" if trainer.max_steps > 0 else f"max epochs {trainer.max_epochs}"
+        announce_line(f"Starting training from step {trainer.global_step} ({horizon})")
+        for cb in trainer.checkpoint_callbacks:  # files from before this start are not news
+            self._seen_ckpts[id(cb)] = str(getattr(cb, "_last_checkpoint_saved", "") or "")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._t0 is None:
+            self._t0, self._paused = time.perf_counter(), 0.0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        ids = batch.get("input_ids") if isinstance(batch, dict) else None
+        if ids is not None:
+            self._tokens += int(ids.numel()) * trainer.world_size  # shape only: no sync
+        if not trainer.is_global_zero:
+            return
+        self._announce_model_checkpoints(trainer)
+        step = trainer.global_step
+        if (batch_idx + 1) % trainer.accumulate_grad_batches or step == 0 or step % self.log_every_n_steps:
+            return
+        announce_line(self.step_line(trainer, pl_module))
+        self._t0, self._paused, self._tokens = time.perf_counter(), 0.0, 0
+
+    def step_line(self, trainer, pl_module) -> str:
+        metrics = current_metrics(trainer)
+        dt = (time.perf_counter() - self._t0 - self._paused) if self._t0 is not None else 0.0
+        parts = [f"Step {trainer.global_step}"]
+        if "train/loss" in metrics:
+            loss = f"Loss: {float(metrics['train/loss']):.4f}"
+            objectives = sorted(getattr(pl_module, "loss_weights", {}),
+                                key=lambda k: (list(PART_NAMES).index(k) if k in PART_NAMES else len(PART_NAMES), k))
+            named = [(PART_NAMES.get(k, k), metrics[f"train/{k}"]) for k in objectives
+                     if f"train/{k}" in metrics and len(objectives) > 1]
+            if named:
+                loss += " (" + ", ".join(f"{n}: {float(v):.4f}" for n, v in named) + ")"
+            parts.append(loss)
+        if trainer.optimizers:
+            parts.append(f"LR: {trainer.optimizers[0].param_groups[0]['lr']:.2e}")
+        parts.append(f"Time: {dt:.2f}s")
+        parts.append(f"Elapsed: {_fmt_elapsed(time.monotonic() - self._start)}")
+        if dt > 0 and self._tokens:
+            parts.append(f"Tokens/s: {self._tokens / dt:,.0f}")
+        return " | ".join(parts)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._val_start = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        if self._val_start is not None:
+            self._paused += time.perf_counter() - self._val_start  # validation is not training time
+            self._val_start = None
+        if not trainer.is_global_zero:
+            return
+        announce_line(self.eval_line(trainer))
+        self._announce_model_checkpoints(trainer)
+
+    @staticmethod
+    def eval_line(trainer) -> str:
+        m = trainer.callback_metrics
+        parts = [f"Evaluating at step {trainer.global_step}" + (f" (epoch {trainer.current_epoch + 1})"
+                                                                  if trainer.max_epochs not in (None, -1) else "")]
+        for key, title in (("eval/train_loss", "Train loss"), ("val/loss", "Val loss"), ("val/ppl", "Val ppl"),
+                           ("val/next_token_acc", "Val acc"), ("val/stopping_time_mae", "Val stopping-time MAE")):
+            if key in m:
+                parts.append(f"{title}: {float(m[key]):.4f}")
+        return " | ".join(parts)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self._announce_model_checkpoints(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self._announce_model_checkpoints(trainer)
+            announce_line(f"Training ended at step {trainer.global_step} after "
+                          f"{_fmt_elapsed(time.monotonic() - self._start)}")
+
+    def _announce_model_checkpoints(self, trainer) -> None:
+        """Lightning's ModelCheckpoint callbacks (recipes' named files): a line per new file.
+        lm_lightning's own Checkpointing announces its files itself."""
+        for cb in trainer.checkpoint_callbacks:
+            path = str(getattr(cb, "_last_checkpoint_saved", "") or "")
+            if path and path != self._seen_ckpts.get(id(cb)):
+                self._seen_ckpts[id(cb)] = path
+                announce_line(f"Saved checkpoint to {path}")
