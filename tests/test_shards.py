@@ -361,3 +361,6 @@ def test_exact_resume_on_a_mixture_of_shard_folders(tmp_path, capsys):
     second = train_run(tmp_path, [*over, f"+callbacks.recorder.path={split}"], run_name="split")
     assert second["global_step"] == 6
     assert read_losses(split) == read_losses(straight) and len(read_losses(straight)) == 6
+    # Validation per source and overall.
+    assert {"val/loss", "val/s1/loss", "val/s2/loss"} <= set(second["metrics"])
+    assert all(2.0 < second["metrics"][f"val/{n}/loss"] < 7.0 for n in ("s1", "s2"))

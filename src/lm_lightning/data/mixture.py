@@ -131,3 +131,62 @@ class MixtureWindows(IterableDataset):
 
     def __len__(self) -> int:
         return self.steps_per_epoch
+
+
+class PerSourceValidation:
+    """Scores each mixture source's validation shards after every validation: ``val/<name>/loss``.
+
+    The overall validation (``val/loss``) runs as usual over every source's ``val_*`` shards
+    together; this adds one cross-entropy per source (nats per predicted token, the same
+    sequential windows and ``data.eval_batches`` cap). Attached to the trainer by the data
+    module when ``data.mixture`` is set; a Lightning callback made lazily (no import here).
+    """
+
+    @staticmethod
+    def make(sources: list[Source], batch_size: int, block_size: int, max_batches: int | None):
+        import lightning.pytorch as pl
+
+        from lm_lightning.data.tokens import SequentialWindows
+
+        class _Callback(pl.Callback):
+            is_mixture_validation = True
+
+            def on_validation_epoch_end(self, trainer, pl_module) -> None:
+                if trainer.sanity_checking:
+                    return
+                for name, loss in self.losses(trainer, pl_module).items():
+                    pl_module.log(f"val/{name}/loss", loss, sync_dist=False)
+
+            def losses(self, trainer, pl_module) -> dict[str, float]:
+                out = {}
+                forward = trainer.precision_plugin.forward_context() if trainer is not None else None
+                was_training = pl_module.training
+                pl_module.eval()
+                try:
+                    for s in sources:
+                        if s.val is None:
+                            continue
+                        ds = SequentialWindows(s.val, batch_size, block_size, max_batches)
+                        total = torch.zeros((), dtype=torch.float64)
+                        count = 0
+                        for i in range(len(ds)):
+                            batch = {k: v.to(pl_module.device) for k, v in ds[i].items()}
+                            with torch.no_grad(), (forward if forward is not None else _null()):
+                                logits = pl_module(batch)["logits"]
+                            labels = batch["labels"]
+                            total += torch.nn.functional.cross_entropy(
+                                logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
+                                reduction="sum").double().cpu()
+                            count += int((labels != -100).sum())
+                        out[s.name] = float(total / max(1, count))
+                finally:
+                    pl_module.train(was_training)
+                return out
+
+        return _Callback()
+
+
+def _null():
+    import contextlib
+
+    return contextlib.nullcontext()

@@ -368,6 +368,14 @@ class TextDataModule(pl.LightningDataModule):
 
     def val_dataloader(self, capped: bool = True) -> DataLoader:
         self.setup("validate")
+        trainer = self.trainer
+        if self.source is None and self.mixture and trainer is not None and not any(
+                getattr(cb, "is_mixture_validation", False) for cb in trainer.callbacks):
+            from lm_lightning.data.mixture import PerSourceValidation
+
+            # val/<name>/loss per source, beside the overall val/loss over all of them.
+            trainer.callbacks.append(PerSourceValidation.make(self.mixture, self.eval_batch_size, self.block_size,
+                                                              self.eval_batches if capped else None))
         return self._loader(SequentialWindows(self._datasets["val"], self.eval_batch_size, self.block_size,
                                               self.eval_batches if capped else None))
 
