@@ -291,8 +291,15 @@ def tokenize_corpus(inputs: list[str], opts: dict[str, Any]) -> dict[str, Any]:
             shutil.rmtree(work, ignore_errors=True)
             return {"out": str(out), "tokens": side["tokens"], "dtype": dtype.name, "vocab_size": vocab, **stats}
         meta = shards.finalize(work, plan)
-    except (UserError, KeyboardInterrupt):
-        shards.remove_outputs(work, created)
+    except UserError:
+        shards.remove_outputs(work, created)  # bad input: no shard left behind
+        raise
+    except KeyboardInterrupt:
+        if single:
+            shutil.rmtree(work, ignore_errors=True)
+        else:  # finished shards stay: the same command resumes from them
+            print(f"interrupted; rerun the same command to resume from the finished shards in {out}",
+                  file=sys.stderr)
         raise
     return {"out": str(out), "tokens": meta["tokens"], "shards": {k: len(v) for k, v in meta["shards"].items()},
             "dtype": dtype.name, "vocab_size": vocab, "eot_id": int(eot), **stats}
