@@ -83,6 +83,14 @@ def test_a_guide_command_becomes_one_line_ready_to_paste():
     assert hints == ["ckpt_path=ckpts/iter5000.ckpt", "trainer.max_steps=20000"]
 
 
+def test_a_bare_data_file_is_the_training_data():
+    # Guide 003: fundamentallm train data/processed/train.txt --validation-data data/processed/val.txt
+    assert message(["data/processed/train.txt", "--validation-data", "data/processed/val.txt"]) == (
+        "data/processed/train.txt, --validation-data are not Hydra overrides; type "
+        "data.train_path=data/processed/train.txt data.val_path=data/processed/val.txt")
+    assert message(["data.train_path=a.txt"]) is None
+
+
 def test_directories_and_switches():
     assert hint("--output-dir", "experiments/baseline") == "paths.runs_root=experiments run_name=baseline"
     assert hint("--checkpoint_dir", "my_checkpoints") == "run_name=my_checkpoints"

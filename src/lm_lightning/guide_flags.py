@@ -8,7 +8,8 @@ usage, which says nothing about ``trainer.max_epochs``. :func:`check_argv` runs 
 
 The value given with the flag (``--epochs 10`` or ``--epochs=10``) is carried over; several
 flags give one line with all of their overrides, ready to paste. Hydra's own flags (``-m``,
-``--cfg``, ``--help``, ...) are not in the table and pass through untouched.
+``--cfg``, ``--help``, ...) are not in the table and pass through untouched. A bare data file
+name (guide 003's positional ``data/processed/train.txt``) is answered with ``data.train_path=``.
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ GUIDE_FLAGS: dict[str, tuple[str, bool, str]] = {
     "--wandb_run_name": ("logger=wandb logger.wandb.name={v}", True, "NAME"),
 }
 
+# A bare file name (guide 003: `fundamentallm train data/processed/train.txt ...`) is the training data.
+DATA_SUFFIXES = (".txt", ".ids", ".bin", ".jsonl", ".parquet")
+
 SCHEDULES = {"cosine": "scheduler=cosine_warmup", "linear": "scheduler=linear_warmup",
              "constant": "scheduler=constant", "wsd": "scheduler=wsd", "plateau": "scheduler=plateau"}
 
@@ -138,6 +142,9 @@ def translate(argv: list[str]) -> tuple[list[str], list[str]]:
                 i += 1
             flags.append(name)
             hints.append(hint(name, value if takes_value else None) or "")
+        elif "=" not in arg and not arg.startswith("-") and arg.lower().endswith(DATA_SUFFIXES):
+            flags.append(arg)
+            hints.append(f"data.train_path={arg}")
         i += 1
     return flags, hints
 
