@@ -39,7 +39,7 @@ EXPECTED = {
     "--num-heads": "model.n_head=7", "--num-layers": "model.n_layer=7", "--num_heads": "model.n_head=7",
     "--num_layers": "model.n_layer=7", "--output-dir": "run_name=7", "--patience": "early_stopping.patience=7",
     "--resume_from": "ckpt_path=7", "--retrain-tokenizer": "data.cache_dir=", "--rope_theta": "model.rope_theta=7",
-    "--seed": "seed=7", "--train_data_path": "data=tokens data.train_path=7", "--use-amp": "trainer.precision=16-mixed",
+    "--seed": "seed=7", "--train_data_path": "data=tokens data.train_path=7 data.dtype=uint16", "--use-amp": "trainer.precision=16-mixed",
     "--use-wandb": "logger=wandb", "--use_wandb": "logger=wandb", "--val_data_path": "data.val_path=7",
     "--validation-data": "data.val_path=7", "--vocab-size": "tokenizer.vocab_size=7",
     "--vocab_size": "data.vocab_size=7", "--wandb_project": "logger=wandb logger.wandb.project=7",

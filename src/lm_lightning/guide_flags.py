@@ -67,7 +67,7 @@ GUIDE_FLAGS: dict[str, tuple[str, bool, str]] = {
     "--data": ("python -m lm_lightning.evaluate ckpt=CKPT split=val data=text data.train_path=TRAIN "
                "data.val_path={v} (train.py does not evaluate)", True, "PATH"),
     # guide 004, cs336 (python -m cs336_basics.training_together --train_data_path ... --max_iters ...)
-    "--train_data_path": ("data=tokens data.train_path={v}", True, "PATH"),
+    "--train_data_path": ("data=tokens data.train_path={v} data.dtype=uint16", True, "PATH"),
     "--val_data_path": ("data.val_path={v}", True, "PATH"),
     "--vocab_size": ("data.vocab_size={v}", True, "N"),
     "--context_length": ("data.block_size={v}", True, "N"),
