@@ -29,7 +29,7 @@ HARDWARE = {"cpu": ("cpu", "32-true", 2), "gtx1660": ("gpu", "16-mixed", 4), "rt
             "a100": ("gpu", "bf16-mixed", 8), "h100": ("gpu", "bf16-mixed", 16)}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compose(overrides: tuple[str, ...]):
     return compose(list(overrides))  # about 0.4 s each on a 2-core machine: each config composed once
 
