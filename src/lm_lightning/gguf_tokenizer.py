@@ -24,6 +24,13 @@ USER_DEFINED (matched whole in text, as ``tokenizers`` does). A model whose embe
 than the tokenizer has tokens gets ``[PAD<id>]`` placeholders of type UNUSED for the extra ids, as
 llama.cpp's converter does; text never encodes to them. No BOS/EOS is added when encoding
 (``add_bos_token = false``), since training streams carry none.
+
+Checked against llama.cpp's source (the copy vendored in llama-cpp-python 0.3.36): ``gpt-2`` selects
+LLAMA_VOCAB_PRE_TYPE_GPT2, whose hand-written splitter implements GPT-2's regex including the
+final ``\s+``; a ``gpt2`` tokenizer without ``tokenizer.ggml.merges`` is a load error, so byte and
+char vocabularies get an empty array; without BOS/EOS ids (byte and char built without an
+end-of-text id) llama.cpp defaults both to id 11, which then stops generation unless
+``--ignore-eos``.
 """
 
 from __future__ import annotations
