@@ -176,18 +176,26 @@ def _mark_inner(worker_id: int) -> None:
     os.environ["_INNER_RAN"] = "1"
 
 
-def test_loader_workers_ignore_sigterm_and_keep_their_init_fn():
+def test_loader_workers_leave_stop_signals_to_main_and_keep_their_init_fn():
+    """A SIGTERM/SIGINT from outside (a signal to the group) does not end a worker; a SIGTERM from
+    the main process (PyTorch's shutdown, multiprocessing's clean-up at exit) still does, so a
+    main process that exits with live workers does not hang joining them."""
     loader = Loader(_Pids(), batch_size=None, num_workers=1, worker_init_fn=_mark_inner)
     it = iter(loader)
     worker_pid, inner_ran = next(it).tolist()
     assert worker_pid != os.getpid() and inner_ran == 1, "the loader's own worker_init_fn still runs"
     assert loader.worker_init_fn is _mark_inner, "the wrap is not left on the loader"
-    os.kill(worker_pid, signal.SIGTERM)
-    os.kill(worker_pid, signal.SIGINT)
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == set(), "main thread's signal mask restored"
+    for name in ("TERM", "INT"):  # sent by another process, as by kill(-pgid) from timeout or slurmstepd
+        subprocess.run(["kill", f"-{name}", str(worker_pid)], check=True)
     for _ in range(5):  # a killed worker would fail the next batch ("killed by signal: Terminated")
         assert next(it)[0].item() == worker_pid
-    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == set(), "main thread's signal mask restored"
-    del it
+    (worker,) = it._workers
+    assert worker.is_alive()
+    worker.terminate()  # SIGTERM from this, the main process
+    worker.join(timeout=60)
+    assert worker.exitcode == -signal.SIGTERM, worker.exitcode
+    it._shutdown_workers()
 
 
 # -- end to end: group SIGTERM, the double start, torchrun, submitit_local --------------------------
@@ -235,8 +243,11 @@ def _assert_stopped_at_current_step(run: Path, steps_file: Path, out: str) -> di
     logged = max(json.loads(line)[0] for line in steps_file.read_text().splitlines())
     assert step >= logged >= 1, (step, logged)
     ckpt = run / "checkpoints" / f"step-{step}.ckpt"
-    assert ckpt.is_file(), sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] == step
+    assert ckpt.exists(), sorted(p.name for p in (run / "checkpoints").iterdir())
+    if ckpt.is_dir():  # FSDP2: a sharded checkpoint, one shard written by every rank
+        assert {"__0_0.distcp", "__1_0.distcp", "meta.pt"} <= {p.name for p in ckpt.iterdir()}
+    else:
+        assert torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] == step
     assert "killed by signal" not in out and "Traceback" not in out, out[-3000:]
     assert f"SIGTERM: stopping at step {step}" in out
     return summary
@@ -275,16 +286,17 @@ def test_group_sigterm_with_workers_and_a_refused_second_start(tmp_path, monkeyp
 
 
 @pytest.mark.slow
-def test_group_sigterm_under_ddp_and_stale_lock_takeover(tmp_path):
-    """ddp_cpu (2 ranks, a worker each): group SIGTERM stops both ranks at one step with a
-    checkpoint and exit 143. The run starts over a lock left by a dead process (taken over with a
-    warning), and rank 1 shares the run that rank 0 locked."""
+@pytest.mark.parametrize("trainer", ["ddp_cpu", "fsdp_cpu"])
+def test_group_sigterm_under_ddp_and_fsdp_and_stale_lock_takeover(tmp_path, trainer):
+    """2 ranks with a data-loader worker each (DDP, FSDP2): group SIGTERM stops both ranks at one
+    step with a checkpoint there (FSDP: every rank's shard) and exit 143. The run starts over a lock
+    left by a dead process (taken over with a warning), and rank 1 shares the run rank 0 locked."""
     runs_root, steps = tmp_path / "outputs", tmp_path / "steps.jsonl"
     run = runs_root / "d"
     dead = _dead_pid()
     _write_lock(run, pid=dead)
-    proc = _start([*ARGS, "trainer=ddp_cpu", "data.num_workers=1", "data.block_size=16", "data.batch_size=4",
-                   "data.val_samples=12", "trainer.max_steps=100000", f"paths.runs_root={runs_root}", "run_name=d",
+    proc = _start([*ARGS, f"trainer={trainer}", "data.num_workers=1", "data.block_size=16", "data.batch_size=4",
+                   "data.val_samples=16", "trainer.max_steps=100000", f"paths.runs_root={runs_root}", "run_name=d",
                    "+callbacks.rec._target_=reliability_helpers.LossRecorder", f"+callbacks.rec.path={steps}"])
     try:
         _wait_for_steps(proc, steps, 4)  # both ranks append: two optimizer steps each

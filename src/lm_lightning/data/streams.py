@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -42,21 +43,31 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class StopSignalsToMain:
-    """A worker_init_fn: the worker ignores SIGTERM/SIGINT, then runs the loader's own init.
+    """A worker_init_fn: the worker leaves SIGTERM/SIGINT to the main process, then runs the
+    loader's own init.
 
-    The main process's handler does the stopping; when the main process ends, PyTorch shuts its
-    workers down (and a worker whose parent is gone exits by itself). Lightning adds its seeding
-    init (``seed_everything(workers=True)``) only to loaders without one, so it is called here.
+    SIGINT is ignored. SIGTERM stays blocked and a thread takes it with ``sigwaitinfo``, which
+    tells who sent it: from the main process itself (PyTorch's worker shutdown, multiprocessing's
+    clean-up at exit, ``Process.terminate``) the worker dies of it as by default; from anyone else
+    (a signal to the whole process group) it is dropped, and the main process's own handler does
+    the stopping. Ignoring SIGTERM outright would hang a main process that exits with live workers
+    (multiprocessing terminates and then joins them). A worker whose main process is gone exits by
+    itself (PyTorch's watchdog). Lightning adds its seeding init (``seed_everything(workers=True)``)
+    only to loaders without one, so it is called here.
     """
 
-    def __init__(self, inner: Callable[[int], Any] | None = None) -> None:
+    def __init__(self, inner: Callable[[int], Any] | None = None, main_pid: int | None = None) -> None:
         self.inner = inner
+        self.main_pid = os.getpid() if main_pid is None else main_pid
 
     def __call__(self, worker_id: int) -> None:
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, signal.SIG_IGN)
-        # Blocked by Loader while this worker was forked; a signal pending meanwhile is dropped.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        # Blocked by Loader while this worker was forked (and again here for other start methods):
+        # threads started from now on inherit the block, so only the waiting thread takes SIGTERM.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not SIG_IGN: an ignored signal is never waited for
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        threading.Thread(target=self._take_sigterm, name="lm-worker-sigterm", daemon=True).start()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
         inner = self.inner
         if inner is None and int(os.environ.get("PL_SEED_WORKERS", 0)):
             from lightning.fabric.utilities.seed import pl_worker_init_function
@@ -64,6 +75,15 @@ class StopSignalsToMain:
             inner = pl_worker_init_function
         if inner is not None:
             inner(worker_id)
+
+    def _take_sigterm(self) -> None:
+        while True:
+            info = signal.sigwaitinfo([signal.SIGTERM])
+            if info.si_pid == self.main_pid:
+                # The main process ends this worker: die of SIGTERM, as without this init.
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])
+                signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+                os._exit(128 + signal.SIGTERM)  # not reached: the default action ends the process
 
 
 class Loader(DataLoader):
@@ -79,7 +99,7 @@ class Loader(DataLoader):
             return super()._get_iterator()
         inner = self.worker_init_fn
         if not isinstance(inner, StopSignalsToMain):
-            self.worker_init_fn = StopSignalsToMain(inner)
+            self.worker_init_fn = StopSignalsToMain(inner, main_pid=os.getpid())
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             return super()._get_iterator()
