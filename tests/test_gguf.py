@@ -56,8 +56,7 @@ X = torch.randint(0, 300, (2, 48), generator=torch.Generator().manual_seed(0))
 
 
 # -- Llama: f32 parity, GQA, tied/untied heads, the q/k layout --------------------------------------------
-@pytest.mark.parametrize("tied,n_kv,theta", [(True, 1, 10000.0), (False, 2, 500000.0), (True, 4, 10000.0),
-                                             (False, 4, 1234.5)])
+@pytest.mark.parametrize("tied,n_kv,theta", [(True, 1, 10000.0), (False, 2, 500000.0), (True, 4, 1234.5)])
 def test_llama_f32_logits_and_token_ids_through_transformers(bpe, tmp_path, tied, n_kv, theta):
     ours = llama(tied, n_kv, theta)
     result = write_gguf(ours, bpe, tmp_path / "m.gguf", "f32")
@@ -290,3 +289,9 @@ def test_cli_bad_input_is_one_line_exit_2_and_leaves_no_gguf(ckpt, tmp_path, cap
     assert list((tmp_path / "p").iterdir()) == []
     with pytest.raises(UserError, match="format must be auto, hf, native, gguf or all"):
         export(llama(True, 1), None, tmp_path / "q", "gguff")
+    # format=all refuses what GGUF cannot hold before writing the transformers folder too.
+    with pytest.raises(UserError, match="format=gguf needs Llama's architecture"):
+        export(GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=300)), None, tmp_path / "r", "all")
+    with pytest.raises(UserError, match="the char tokenizer"):
+        export(llama(True, 1), CharTokenizer("abcé"), tmp_path / "r", "all")
+    assert not (tmp_path / "r").exists()
