@@ -131,3 +131,11 @@ def test_train_py_epochs_exits_2_with_one_line(tmp_path):
     assert proc.stderr.strip().splitlines() == ["error: --epochs is not a Hydra override; type trainer.max_epochs=10"]
     assert "usage" not in proc.stderr + proc.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_readme_maps_every_flag():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Coming from a guide"):]
+    section = section[:section.index("\n## ", 1)]
+    missing = [f for f in GUIDE_FLAGS if f"`{f}" not in section and f" {f}" not in section]
+    assert not missing, f"README 'Coming from a guide' does not mention {missing}"
