@@ -128,6 +128,20 @@ def test_llama_reduced_types_are_our_weights_rounded(bpe, tmp_path, outtype, qty
         assert max_diff(got, ours(X)) <= bound
 
 
+def test_q8_0_writes_f16_where_rows_do_not_fill_its_blocks(bpe, tmp_path):
+    cfg = ModelConfig(n_layer=1, n_head=2, n_embd=40, d_ff=64, vocab_size=300, block_size=64, norm="rmsnorm",
+                      mlp="swiglu", norm_eps=1e-5, tie_weights=False)
+    torch.manual_seed(0)
+    ours = GPT(cfg).eval()
+    write_gguf(ours, bpe, tmp_path / "q.gguf", "q8_0")
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(tmp_path / "q.gguf")).tensors}
+    assert types["blk.0.attn_q.weight"] == types["token_embd.weight"] == "F16"  # rows of 40
+    assert types["blk.0.ffn_down.weight"] == "Q8_0"  # rows of 64
+    hf, _ = load(tmp_path / "q.gguf")
+    with torch.no_grad():
+        assert max_diff(hf(X).logits, ours(X)) <= 1e-2
+
+
 # -- tokenizers -------------------------------------------------------------------------------------------
 def _hf_kind(bpe, tmp_path):
     """tokenizer=hf: a transformers folder's byte-level BPE tokenizer with its own special tokens."""
