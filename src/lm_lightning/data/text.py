@@ -76,7 +76,8 @@ class TextDataModule(pl.LightningDataModule):
                  hf_splits: dict[str, str] | None = None, text_field: str = "text", separator: str = "\n",
                  pin_memory: bool | None = None, doc_boundaries: bool | str = False,
                  doc_separator: str | None = None, documents: str | None = None,
-                 bos_aligned: bool = False, path: Any = None, mixture: Any = None) -> None:
+                 bos_aligned: bool = False, path: Any = None, mixture: Any = None,
+                 seq_warmup_steps: int = 0, seq_warmup_start: int = 16) -> None:
         super().__init__()
         if block_size < 1:
             raise ValueError(f"data.block_size must be positive, got {block_size}")
@@ -85,6 +86,12 @@ class TextDataModule(pl.LightningDataModule):
         if not 0.0 <= augment_p < 0.5:
             raise ValueError(f"data.augment_p must be in [0, 0.5), got {augment_p}")
         self.block_size, self.batch_size = int(block_size), int(batch_size)
+        if int(seq_warmup_steps) < 0 or (seq_warmup_steps and not 1 <= int(seq_warmup_start) <= self.block_size):
+            raise ValueError(f"data.seq_warmup_steps must be >= 0 and data.seq_warmup_start in [1, data.block_size="
+                             f"{self.block_size}], got {seq_warmup_steps} and {seq_warmup_start}")
+        if seq_warmup_steps and mixture:
+            raise ValueError("data.seq_warmup_steps does not combine with data.mixture")
+        self.seq_warmup_steps, self.seq_warmup_start = int(seq_warmup_steps), int(seq_warmup_start)
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.eval_batches = int(eval_batches) if eval_batches else None
         self.num_workers, self.seed, self.augment_p = int(num_workers), int(seed), float(augment_p)
@@ -344,8 +351,16 @@ class TextDataModule(pl.LightningDataModule):
             return self._loader(self._mixture_stream(rank, world), start_fn=self._start_step)
         stream = RandomWindows(self._datasets["train"], self.batch_size, self.block_size, self.seed,
                                self.steps_per_epoch(), rank=rank, world_size=world, start=self._start_step(),
-                               augment_p=self.augment_p, doc_starts=self.doc_starts() if self.bos_aligned else None)
+                               augment_p=self.augment_p, doc_starts=self.doc_starts() if self.bos_aligned else None,
+                               seq_warmup=self._seq_warmup())
         return self._loader(stream, start_fn=self._start_step)
+
+    def _seq_warmup(self) -> tuple[int, int, int] | None:
+        """(start length, optimizer steps, micro-batches per step) for RandomWindows; None when off."""
+        if not self.seq_warmup_steps:
+            return None
+        accum = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
+        return self.seq_warmup_start, self.seq_warmup_steps, accum
 
     def _mixture_stream(self, rank: int, world: int):
         from lm_lightning.data.mixture import MixtureWindows
@@ -360,9 +375,11 @@ class TextDataModule(pl.LightningDataModule):
                    and trainer.max_steps > 0 else stream.steps_per_epoch)
         steps = max(1, min(planned - stream.start, 20000))
         got = stream.realized(steps, stream.start)
-        log.info("data.mixture over micro-batches %d-%d: %s", stream.start, stream.start + steps - 1,
-                 ", ".join(f"{s.name} {p:.3f} (weight {w:.3f})" for s, p, w in
-                           zip(self.mixture, got, stream.proportions)))
+        from lightning.pytorch.utilities import rank_zero_info
+
+        # On the console and in train.log (Lightning's logger; this module's goes to the file only).
+        rank_zero_info(f"data.mixture over micro-batches {stream.start}-{stream.start + steps - 1}: " + ", ".join(
+            f"{s.name} {p:.3f} (weight {w:.3f})" for s, p, w in zip(self.mixture, got, stream.proportions)))
         self.mixture_realized = {s.name: float(p) for s, p in zip(self.mixture, got)}
         return stream
 
