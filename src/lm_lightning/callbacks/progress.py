@@ -77,11 +77,11 @@ class ProgressBar(RichProgressBar):
                 out[short] = value.item() if hasattr(value, "item") else value
         return out
 
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        super().on_train_epoch_start(trainer, pl_module)
-        # "Epoch 0/-2" means nothing for a step-bounded run: call it training.
-        if self.train_progress_bar_id is not None and trainer.max_epochs in (-1, None):
-            self.progress.update(self.train_progress_bar_id, description="train")
+    def _get_train_description(self, current_epoch: int) -> str:
+        # "Epoch 0/-2" means nothing for a step-bounded run (also after a mid-epoch resume): "train".
+        if self.trainer.max_epochs in (-1, None):
+            return "train"
+        return super()._get_train_description(current_epoch)
 
 
 log = logging.getLogger("lm_lightning")
@@ -255,6 +255,30 @@ def data_sizes(datamodule: Any) -> str | None:
     return " | ".join(parts) or None
 
 
+def horizon_text(trainer) -> str:
+    """``max steps 600``, or for an epoch-bounded run ``max epochs 10: 293 steps per epoch, 2930
+    steps in all``; then the warmup as a share of the run, when the schedule has one."""
+    import math
+
+    accumulate = max(1, trainer.accumulate_grad_batches)
+    batches = trainer.num_training_batches
+    total = None
+    if trainer.max_steps > 0:
+        text, total = f"max steps {trainer.max_steps}", trainer.max_steps
+    else:
+        text = f"max epochs {trainer.max_epochs}"
+        if batches not in (None, float("inf")) and trainer.max_epochs not in (None, -1):
+            per_epoch = math.ceil(batches / accumulate)
+            total = per_epoch * trainer.max_epochs
+            text += f": {per_epoch:,} steps per epoch, {total:,} steps in all"
+    for config in getattr(trainer, "lr_scheduler_configs", []):
+        fn = next((f for f in getattr(config.scheduler, "lr_lambdas", []) if hasattr(f, "warmup_steps")), None)
+        if fn is not None and fn.warmup_steps and total:
+            text += f"; lr warmup {fn.warmup_steps:,} steps = {fn.warmup_steps / total:.0%} of the run"
+        break
+    return text
+
+
 class PlainProgress(pl.Callback):
     """Plain progress lines, one per log interval, for train.log and (when it is not a terminal)
     stdout, in the guides' form::
@@ -283,8 +307,7 @@ class PlainProgress(pl.Callback):
         sizes = data_sizes(trainer.datamodule)
         if sizes:
             announce_line(sizes)
-        horizon = f"max steps {trainer.max_steps}" if trainer.max_steps > 0 else f"max epochs {trainer.max_epochs}"
-        announce_line(f"Starting training from step {trainer.global_step} ({horizon})")
+        announce_line(f"Starting training from step {trainer.global_step} ({horizon_text(trainer)})")
         for cb in trainer.checkpoint_callbacks:  # files from before this start are not news
             self._seen_ckpts[id(cb)] = str(getattr(cb, "_last_checkpoint_saved", "") or "")
 
