@@ -317,17 +317,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+TWO_NODES = {
+    "ddp": ["trainer=multinode", "trainer.accelerator=cpu", "trainer.devices=1",
+            "trainer.strategy.process_group_backend=gloo", "trainer.precision=32-true"],
+    "fsdp": ["trainer=fsdp_cpu", "+trainer.num_nodes=2", "trainer.devices=1"],
+}
+
+
 @pytest.mark.slow
-def test_two_node_torchrun_on_localhost(tmp_path):
-    """`torchrun --nnodes=2 --node_rank=0|1` on 127.0.0.1 with trainer=multinode: one process per
-    'node', one run directory, trained to the end, rank 0 alone holding (then removing) the lock."""
+@pytest.mark.parametrize("kind", sorted(TWO_NODES))
+def test_two_node_torchrun_on_localhost(tmp_path, kind):
+    """`torchrun --nnodes=2 --node_rank=0|1` on 127.0.0.1, one process per 'node' (trainer=multinode,
+    and FSDP2): one run directory, trained to the end, rank 0 alone holding (then removing) the lock."""
     torchrun = Path(sys.executable).with_name("torchrun")
     runs_root, port = tmp_path / "outputs", _free_port()
     cmd = [str(torchrun), "--nnodes=2", "--nproc-per-node=1", "--master-addr=127.0.0.1", f"--master-port={port}",
-           None, str(ROOT / "train.py"), *ARGS, "trainer=multinode", "trainer.accelerator=cpu", "trainer.devices=1",
-           "trainer.strategy.process_group_backend=gloo", "trainer.precision=32-true", "trainer.max_steps=4",
-           "data.block_size=16", "data.batch_size=4", "data.val_samples=12", f"paths.runs_root={runs_root}",
-           "run_name=mn"]
+           None, str(ROOT / "train.py"), *ARGS, *TWO_NODES[kind], "trainer.max_steps=4", "data.block_size=16",
+           "data.batch_size=4", "data.val_samples=16", f"paths.runs_root={runs_root}", "run_name=mn"]
     procs = [subprocess.Popen([c if c is not None else f"--node-rank={rank}" for c in cmd], cwd=ROOT, env=_env(),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
              for rank in (0, 1)]
@@ -343,6 +349,8 @@ def test_two_node_torchrun_on_localhost(tmp_path):
     summary = json.loads((runs_root / "mn" / "summary.json").read_text())
     assert (summary["status"], summary["global_step"], summary["world_size"]) == ("finished", 4, 2), summary
     assert sorted(p.name for p in runs_root.iterdir()) == ["mn", "runs.jsonl"], "one run directory, lock removed"
+    if kind == "fsdp":  # sharded: every rank wrote its shard of the final step's checkpoint
+        assert {"__0_0.distcp", "__1_0.distcp"} <= {p.name for p in (runs_root / "mn/checkpoints/step-4.ckpt").iterdir()}
     assert "effective batch size: 8 = 4 micro-batch x 1 accumulation x 2 processes" in outs[0]
 
 
