@@ -104,7 +104,8 @@ class StepTimer(pl.Callback):
 
 
 class ValCurve(pl.Callback):
-    """Wall-clock time (``time.time()``) and val/loss at every validation, written to ``out`` as JSON.
+    """Wall-clock time (``time.time()``), optimizer step, training tokens so far and val/loss at every
+    validation, written to ``out`` as JSON.
 
     The benchmark subtracts its own process-start time, so times to a target loss include start-up.
     """
@@ -112,13 +113,30 @@ class ValCurve(pl.Callback):
     def __init__(self, out: str) -> None:
         self.out = out
         self.points: list[dict] = []
+        self.tokens = 0  # training input tokens so far (this process), for tokens to a target
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.tokens += int(batch["input_ids"].numel())
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or "val/loss" not in trainer.callback_metrics:
             return
         import json
 
-        self.points.append({"step": trainer.global_step, "t": time.time(),
+        self.points.append({"step": trainer.global_step, "t": time.time(), "tokens": self.tokens,
                             "val_loss": float(trainer.callback_metrics["val/loss"])})
         with open(self.out, "w") as f:
             json.dump(self.points, f)
+
+
+class StopAtLoss(pl.Callback):
+    """Ends the run at the first validation whose val/loss is at or below ``loss`` (the ablation's
+    target: a variant's figures to the target are all it needs, the rest of its schedule is not run)."""
+
+    def __init__(self, loss: float) -> None:
+        self.loss = float(loss)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        value = trainer.callback_metrics.get("val/loss")
+        if not trainer.sanity_checking and value is not None and float(value) <= self.loss:
+            trainer.should_stop = True

@@ -16,6 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from lm_lightning.model_skips import UNetSkips, ValueEmbeddings
+
 
 @dataclass
 class ModelConfig:
@@ -36,6 +38,8 @@ class ModelConfig:
     tie_weights: bool = True
     qk_norm: bool = False  # RMSNorm of each head's queries and keys before RoPE
     logit_softcap: float | None = None  # cap * tanh(logits / cap) on the output logits; None = off
+    value_embeds: int = 0  # token tables added to the attention values of the first/last layers (model_skips.py)
+    unet_skips: bool = False  # first-half layer outputs join their mirror second-half layers' inputs
     activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
@@ -69,6 +73,9 @@ class ModelConfig:
             raise ValueError(f"model.norm_eps must be positive, got {self.norm_eps}")
         if self.logit_softcap is not None and not float(self.logit_softcap) > 0:
             raise ValueError(f"model.logit_softcap must be positive (or null for off), got {self.logit_softcap}")
+        if not 0 <= self.value_embeds <= (self.n_layer + 1) // 2:
+            raise ValueError(f"model.value_embeds must be in [0, {(self.n_layer + 1) // 2}] (a table feeds a first "
+                             f"and a last layer), got {self.value_embeds}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.d_ff is None:
@@ -160,10 +167,13 @@ class CausalSelfAttention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None,
         attn_mask: torch.Tensor | None = None,
         kv_cache: dict[str, torch.Tensor] | None = None,
+        ve: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, C = x.shape
         hs, kv = self.head_size, self.n_kv_head
         q, k, v = self.c_attn(x).split([C, kv * hs, kv * hs], dim=2)
+        if ve is not None:  # value embeddings (B, T, kv * hs), already gated
+            v = v + ve
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, kv, hs).transpose(1, 2)  # (B, n_kv, T, hs)
         v = v.view(B, T, kv, hs).transpose(1, 2)
@@ -228,8 +238,8 @@ class Block(nn.Module):
         self.ln_2 = make_norm(cfg)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, rope=None, attn_mask=None, kv_cache=None):
-        x = x + self.attn(self.ln_1(x), rope, attn_mask, kv_cache)
+    def forward(self, x, rope=None, attn_mask=None, kv_cache=None, ve=None):
+        x = x + self.attn(self.ln_1(x), rope, attn_mask, kv_cache, ve)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -241,6 +251,9 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos_emb == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.value_embeds = (ValueEmbeddings(cfg.value_embeds, cfg.n_layer, cfg.vocab_size, cfg.kv_size)
+                             if cfg.value_embeds else None)
+        self.unet = UNetSkips(cfg.n_layer) if cfg.unet_skips else None
         self.ln_f = make_norm(cfg)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
@@ -270,8 +283,9 @@ class GPT(nn.Module):
         Token embeddings stay counted because, tied, they are also the output layer.
         """
         n = sum(p.numel() for p in self.parameters())
-        if non_embedding and self.wpe is not None:
-            n -= self.wpe.weight.numel()
+        if non_embedding:  # position and value embeddings are lookups only
+            n -= sum(t.weight.numel() for t in [self.wpe, *(self.value_embeds.tables if self.value_embeds else [])]
+                     if t is not None)
         return n
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
@@ -315,12 +329,18 @@ class GPT(nn.Module):
             # open so that a padded query still has one key and SDPA never returns NaN.
             diag = torch.eye(T, dtype=torch.bool, device=idx.device)
             attn_mask = ((causal & padding_mask[:, None, None, :]) | diag)
+        ves = self.value_embeds(idx) if self.value_embeds is not None else [None] * len(self.h)
+        saved: list[torch.Tensor] = []  # U-net: first-half outputs
         for i, block in enumerate(self.h):
             cache = kv_caches[i] if kv_caches is not None else None
+            if self.unet is not None:
+                x = self.unet.before(i, x, saved)
             if self.config.activation_checkpointing and self.training and cache is None:
-                x = checkpoint(block, x, rope, attn_mask, None, use_reentrant=False)
+                x = checkpoint(block, x, rope, attn_mask, None, ves[i], use_reentrant=False)
             else:
-                x = block(x, rope, attn_mask, cache)
+                x = block(x, rope, attn_mask, cache, ves[i])
+            if self.unet is not None:
+                self.unet.after(i, x, saved)
         return self.ln_f(x)
 
     def forward(self, idx: torch.Tensor, padding_mask: torch.Tensor | None = None, return_hidden: bool = False):

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from lm_lightning.muon_ns import NS_DTYPES, Muon
 from lm_lightning.optim import _BLOCK as BLOCK
 
 ADJUST_LR_FNS = ("original", "match_rms_adamw")
@@ -57,6 +58,16 @@ def check(opt_cfg: Mapping[str, Any], strategy: Any = None) -> None:
         raise ValueError(f"optimizer.muon_momentum must be in [0, 1), got {opt_cfg.get('muon_momentum')}")
     if not 1 <= int(opt_cfg.get("muon_ns_steps", 5)) < 100:
         raise ValueError(f"optimizer.muon_ns_steps must be in [1, 99], got {opt_cfg.get('muon_ns_steps')}")
+    if opt_cfg.get("muon_ns_dtype", "auto") not in NS_DTYPES:
+        raise ValueError(f"optimizer.muon_ns_dtype must be one of {', '.join(NS_DTYPES)}, "
+                         f"got {opt_cfg.get('muon_ns_dtype')!r}")
+    if int(opt_cfg.get("muon_momentum_warmup_steps", 0) or 0) < 0:
+        raise ValueError(f"optimizer.muon_momentum_warmup_steps must be >= 0, got {opt_cfg.get('muon_momentum_warmup_steps')}")
+    if not 0.0 <= float(opt_cfg.get("muon_momentum_start", 0.85)) < 1.0:
+        raise ValueError(f"optimizer.muon_momentum_start must be in [0, 1), got {opt_cfg.get('muon_momentum_start')}")
+    for key in ("embed_lr", "head_lr"):
+        if opt_cfg.get(key) is not None and not float(opt_cfg[key]) > 0:
+            raise ValueError(f"optimizer.{key} must be positive (or null: optimizer.lr), got {opt_cfg[key]}")
     target = strategy.get("_target_", "") if hasattr(strategy, "get") else strategy
     if target is not None and "fsdp" in str(target).lower():
         raise ValueError("optimizer=muon needs whole 2-D weight matrices and FSDP hands the optimizer flat "
@@ -76,7 +87,9 @@ class MuonAdamW(torch.optim.Optimizer):
                  lr: float = 3e-3, betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-8,
                  weight_decay: float = 0.1, muon_lr: float = 0.02, muon_momentum: float = 0.95,
                  muon_nesterov: bool = True, muon_weight_decay: float = 0.0, muon_ns_steps: int = 5,
-                 muon_adjust_lr_fn: str | None = "original", fused: bool | None = None) -> None:
+                 muon_adjust_lr_fn: str | None = "original", fused: bool | None = None,
+                 muon_ns_dtype: str = "auto", muon_momentum_warmup_steps: int = 0,
+                 muon_momentum_start: float = 0.85) -> None:
         muon_params = list(muon_params)
         flat = [tuple(p.shape) for p in muon_params if p.ndim != 2]
         if flat:
@@ -89,13 +102,17 @@ class MuonAdamW(torch.optim.Optimizer):
         inner = [self.adamw]
         self.muon = None
         if muon_params:
-            self.muon = torch.optim.Muon(muon_params, lr=float(muon_lr), weight_decay=float(muon_weight_decay),
-                                         momentum=float(muon_momentum), nesterov=bool(muon_nesterov),
-                                         ns_steps=int(muon_ns_steps), adjust_lr_fn=muon_adjust_lr_fn)
+            # torch's Muon step with the Newton-Schulz dtype per device and a momentum warmup (muon_ns.py)
+            self.muon = Muon(muon_params, lr=float(muon_lr), weight_decay=float(muon_weight_decay),
+                             momentum=float(muon_momentum), nesterov=bool(muon_nesterov),
+                             ns_steps=int(muon_ns_steps), adjust_lr_fn=muon_adjust_lr_fn, ns_dtype=muon_ns_dtype,
+                             momentum_warmup_steps=int(muon_momentum_warmup_steps or 0),
+                             momentum_start=float(muon_momentum_start))
             inner.append(self.muon)
         for opt, name, scale in ((self.adamw, "adamw", 1.0), (self.muon, "muon", float(muon_lr) / float(lr))):
             for g in opt.param_groups if opt is not None else []:
-                g["optimizer"], g["lr_scale"] = name, scale
+                # a group with its own lr (optimizer.embed_lr / head_lr) keeps its ratio to optimizer.lr
+                g["optimizer"], g["lr_scale"] = name, scale if name == "muon" else float(g["lr"]) / float(lr)
         # No "fused" here: Lightning's own clipping path runs (LMModule.configure_gradient_clipping),
         # and the anomaly guard decides skips on the host (Muon has no found_inf).
         super().__init__([g for opt in inner for g in opt.param_groups], {"lr": float(lr), "muon_lr": float(muon_lr)})
@@ -110,10 +127,23 @@ class MuonAdamW(torch.optim.Optimizer):
             self.muon.state = self.state
 
     @classmethod
-    def from_model(cls, model: torch.nn.Module, weight_decay: float = 0.1, **kwargs: Any) -> MuonAdamW:
+    def from_model(cls, model: torch.nn.Module, weight_decay: float = 0.1, embed_lr: float | None = None,
+                   head_lr: float | None = None, **kwargs: Any) -> MuonAdamW:
+        """Groups from the model; ``embed_lr`` (the Embedding tables: wte, wpe, value embeddings) and
+        ``head_lr`` (an untied ``lm_head``) give those AdamW matrices their own lr (null: ``lr``).
+        Tied, the head is ``wte`` and follows ``embed_lr``."""
         muon, decay, no_decay = split_params(model)
-        return cls(muon, [{"params": decay, "weight_decay": float(weight_decay)},
-                          {"params": no_decay, "weight_decay": 0.0}], weight_decay=weight_decay, **kwargs)
+        groups = [{"params": decay, "weight_decay": float(weight_decay)}, {"params": no_decay, "weight_decay": 0.0}]
+        tables = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+        own = dict.fromkeys(tables, float(embed_lr)) if embed_lr is not None else {}
+        heads = [m.lm_head.weight for m in model.modules() if isinstance(getattr(m, "lm_head", None), torch.nn.Linear)]
+        if head_lr is not None:
+            own.update({id(w): float(head_lr) for w in heads if id(w) not in tables})  # tied: the table's lr
+        for group_lr in sorted(set(own.values())):
+            mine = [p for p in decay if own.get(id(p)) == group_lr]
+            groups.append({"params": mine, "weight_decay": float(weight_decay), "lr": group_lr})
+        groups[0]["params"] = [p for p in decay if id(p) not in own]
+        return cls(muon, groups, weight_decay=weight_decay, **kwargs)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

@@ -227,7 +227,8 @@ class RandomWindows(IterableDataset):
 
     def __init__(self, tokens: TokenFile, batch_size: int, block_size: int, seed: int,
                  steps_per_epoch: int, rank: int = 0, world_size: int = 1, start: int = 0,
-                 augment_p: float = 0.0, doc_starts: np.ndarray | None = None) -> None:
+                 augment_p: float = 0.0, doc_starts: np.ndarray | None = None,
+                 seq_warmup: tuple[int, int, int] | None = None) -> None:
         if len(tokens) < block_size + 2:
             raise UserError(f"{tokens.path}: {len(tokens)} tokens is too few for data.block_size={block_size}")
         self.tokens, self.batch_size, self.block_size = tokens, batch_size, block_size
@@ -236,11 +237,25 @@ class RandomWindows(IterableDataset):
         self.span = min(2 * (block_size + 1) if augment_p > 0 else block_size + 1, len(tokens))
         # Document starts that leave a full window (0 always does).
         self.doc_starts = None if doc_starts is None else doc_starts[doc_starts <= len(tokens) - self.span]
+        # (start length, warmup optimizer steps, micro-batches per optimizer step); None or 0 steps: off
+        self.seq_warmup = seq_warmup
+
+    def length(self, step: int) -> int:
+        """Window length of micro-batch ``step``: block_size, or during a sequence-length warmup a length
+        growing linearly with the optimizer step from the start length, in multiples of 8."""
+        if not self.seq_warmup or self.seq_warmup[1] <= 0:
+            return self.block_size
+        start, steps, accum = self.seq_warmup
+        t = step // max(1, accum)
+        if t >= steps:
+            return self.block_size
+        grown = start + (self.block_size - start) * t // steps
+        return min(self.block_size, max(start, grown // 8 * 8))
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         """Micro-batch ``step`` of this rank: a pure function of (seed, step, rank)."""
         rng = np.random.default_rng([self.seed, step, self.rank])
-        T = self.block_size + 1
+        T = self.length(step) + 1
         # With augmentation read twice the length: deletions must still leave T tokens.
         span = self.span
         if self.doc_starts is not None:
@@ -253,7 +268,7 @@ class RandomWindows(IterableDataset):
             if self.augment_p > 0:
                 a = augment(w, rng, self.augment_p, T)
                 w = a if a is not None else w[:T]
-            rows.append(w)
+            rows.append(w[:T])
         x = torch.from_numpy(np.stack(rows))
         return {"input_ids": x[:, :-1].contiguous(), "labels": x[:, 1:].contiguous()}
 
