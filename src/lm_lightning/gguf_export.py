@@ -47,24 +47,12 @@ def check_outtype(outtype: str) -> str:
     return outtype
 
 
-def gpt2_arch_problems(cfg: Any) -> list[str]:
-    from lm_lightning.hf_gpt2 import gpt2_shape_problems
-
-    problems = gpt2_shape_problems(cfg)
-    if cfg.n_kv_head != cfg.n_head:
-        problems.append(f"model.n_kv_head={cfg.n_kv_head} (GPT-2 has n_head={cfg.n_head})")
-    if cfg.qk_norm:
-        problems.append("model.qk_norm=True (GPT-2 has False)")
-    if cfg.logit_softcap is not None:
-        problems.append(f"model.logit_softcap={cfg.logit_softcap!r} (GPT-2 has None)")
-    return problems
-
-
 def gguf_arch(cfg: Any) -> str:
     """'llama' or 'gpt2'; UserError with both reasons otherwise."""
+    from lm_lightning.hf_gpt2 import gpt2_shape_problems
     from lm_lightning.hf_llama import llama_shape_problems
 
-    llama, gpt2 = llama_shape_problems(cfg), gpt2_arch_problems(cfg)
+    llama, gpt2 = llama_shape_problems(cfg), gpt2_shape_problems(cfg)
     if not llama:
         return "llama"
     if not gpt2:

@@ -24,7 +24,8 @@ _TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
 def gpt2_shape_problems(cfg: ModelConfig) -> list[str]:
     """Why a config is not GPT-2's shape (empty when it is)."""
-    want = {"pos_emb": "learned", "norm": "layernorm", "mlp": "gelu", "bias": True, "tie_weights": True}
+    want = {"pos_emb": "learned", "norm": "layernorm", "mlp": "gelu", "bias": True, "tie_weights": True,
+            "n_kv_head": cfg.n_head, "qk_norm": False, "logit_softcap": None, "value_embeds": 0, "unet_skips": False}
     return [f"model.{k}={getattr(cfg, k)!r} (GPT-2 has {v!r})" for k, v in want.items() if getattr(cfg, k) != v]
 
 

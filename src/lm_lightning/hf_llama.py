@@ -34,7 +34,7 @@ from lm_lightning.model import GPT, ModelConfig
 SHAPE_KEYS = ("n_layer", "n_head", "n_kv_head", "n_embd", "d_ff", "vocab_size", "norm_eps", "rope_theta",
               "tie_weights", "pos_emb", "norm", "mlp", "bias", "qk_norm", "logit_softcap")
 _FIXED = {"pos_emb": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False, "qk_norm": False,
-          "logit_softcap": None}
+          "logit_softcap": None, "value_embeds": 0, "unet_skips": False}
 
 
 def llama_shape_problems(cfg: ModelConfig) -> list[str]:
