@@ -1,8 +1,9 @@
 """Evaluation the guides ask for beyond Lightning's validation loop.
 
-``SplitEval`` (guide 004, cs336): at every validation, ``eval/train_loss`` and ``eval/val_loss``
-over the same number of batches of each split; when training ends, a separate final evaluation
-of both splits, ``final/train_loss`` and ``final/val_loss``, in the loggers and in summary.json.
+``SplitEval`` (guide 004, cs336): at every validation, ``eval/train_loss`` over as many batches
+of the training split as validation reads of its own (``eval/val_loss``, the validation loop's
+loss, is written by callbacks.monitoring); when training ends, a separate final evaluation of
+both splits, ``final/train_loss`` and ``final/val_loss``, in the loggers and in summary.json.
 
 ``EpochEndValidation`` (guide 002): validate at the end of every epoch as well as every
 ``trainer.val_check_interval`` steps (Lightning, given a step interval, skips the epoch end).
@@ -71,6 +72,8 @@ class SplitEval(pl.Callback):
         self.final_metrics: dict[str, float] = {}
 
     def _n(self, trainer: pl.Trainer) -> int:
+        if trainer.fast_dev_run:
+            return 1  # a pipeline check
         if self.eval_iters:
             return self.eval_iters
         dm_n = getattr(trainer.datamodule, "eval_batches", None)
