@@ -131,21 +131,19 @@ def test_validation_covers_split_once_over_ranks():
 
 def test_distributed_presets_compose_and_instantiate():
     from hydra.utils import instantiate
-    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+    from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
     from lm_lightning.distributed import build_bare_trainer
-    from lm_lightning.model import Block
     from lm_lightning.train import check
 
     ddp = compose(["trainer=ddp"])
     assert ddp.trainer.devices == "auto" and ddp.trainer.strategy.process_group_backend == "nccl"
     assert isinstance(instantiate(ddp.trainer.strategy), DDPStrategy)
 
+    # trainer=fsdp is FSDP2 (ModelParallelStrategy); tests/test_fsdp2.py trains it on 2 CPU ranks.
     fsdp = compose(["trainer=fsdp"])
     strategy = instantiate(fsdp.trainer.strategy)
-    assert isinstance(strategy, FSDPStrategy)
-    assert strategy.sharding_strategy.name == "FULL_SHARD" and strategy._state_dict_type == "full"
-    assert strategy.kwargs["auto_wrap_policy"]._module_classes == {Block}
+    assert isinstance(strategy, ModelParallelStrategy) and strategy._save_distributed_checkpoint
     assert fsdp.trainer.precision == "bf16-mixed"
 
     # multinode: two nodes of one CPU process each builds (nothing launched) with world size 2,
@@ -160,52 +158,6 @@ def test_distributed_presets_compose_and_instantiate():
     assert trainer.world_size == 2 and trainer.num_nodes == 2
     assert not launches_in_process(trainer), "one process per node: nothing to start in-process"
     assert launches_in_process(build_bare_trainer(compose(["trainer=ddp_cpu"]).trainer, "32-true"))
-
-
-def test_fsdp_step_on_cpu_gloo(tmp_path):
-    """Our FSDP wrap policy (one unit per Block) trains a step, where this torch can do FSDP on CPU.
-
-    Lightning 2.6 refuses FSDPStrategy without a CUDA accelerator, so the step runs through
-    torch's FSDP directly with the policy the preset uses, in a one-process gloo group.
-    """
-    import torch.distributed as dist
-    from hydra.utils import instantiate
-
-    from lm_lightning.model import GPT, Block, ModelConfig
-
-    strategy = instantiate(compose(["trainer=fsdp"]).trainer.strategy)
-    with pytest.raises(ValueError, match="requires a GPU accelerator"):
-        from lightning.pytorch import Trainer
-
-        Trainer(accelerator="cpu", devices=1, strategy=strategy, logger=False)
-    try:
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-    except ImportError as exc:  # pragma: no cover - depends on the torch build
-        pytest.skip(f"torch FSDP unavailable: {exc}")
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
-    try:
-        torch.manual_seed(0)
-        model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=8, block_size=16))
-        try:
-            sharded = FSDP(model, auto_wrap_policy=strategy.kwargs["auto_wrap_policy"], device_id=None)
-        except Exception as exc:  # pragma: no cover - depends on the torch build
-            pytest.skip(f"this torch cannot run FSDP on CPU/gloo: {exc}")
-        units = [m for m in sharded.modules() if isinstance(m, FSDP)]
-        assert len(units) == 1 + 2, "root + one unit per transformer block"
-        assert all(isinstance(u.module, Block) for u in units[1:])
-        opt = torch.optim.AdamW(sharded.parameters(), lr=1e-2)
-        x = torch.randint(0, 8, (4, 16))
-        losses = []
-        for _ in range(2):
-            logits = sharded(x)
-            loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 8), x[:, 1:].reshape(-1))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        assert losses[1] < losses[0]
-    finally:
-        dist.destroy_process_group()
 
 
 def test_multirun_with_in_process_ddp_is_refused(monkeypatch, capsys, tmp_path):

@@ -291,13 +291,13 @@ def test_ddp_update_matches_one_process_on_the_global_batch(tmp_path):
     ("optimizer.layer_decay=0.8", "optimizer=muon does not support optimizer.layer_decay"),
     ("optimizer.muon_lr=0", "optimizer.muon_lr must be positive, got 0"),
     ("optimizer.muon_adjust_lr_fn=rms", "optimizer.muon_adjust_lr_fn must be one of original, match_rms_adamw"),
-    ("trainer=fsdp", "optimizer=muon needs whole 2-D weight matrices and FSDP hands the optimizer flat shards"),
+    # FSDP1 (Lightning's "fsdp"): flat shards. trainer=fsdp is FSDP2 now, where Muon runs (test_fsdp2).
+    ("+trainer.strategy=fsdp", "optimizer=muon needs whole 2-D weight matrices and FSDP1 hands the optimizer flat shards"),
 ])
 def test_bad_combinations_exit_2_with_one_line(tmp_path, capsys, override, message):
-    # trainer=fsdp with the CPU accelerator: the refusal itself, not the missing GPU, is tested.
     with pytest.raises(SystemExit) as exc:
         precheck(["model=tiny", "logger=none", f"paths.runs_root={tmp_path}", "run_name=x", "optimizer=muon",
-                  *([override, "trainer.accelerator=cpu"] if override == "trainer=fsdp" else ["trainer=debug", override])])
+                  "trainer=debug", override])
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and err.startswith(f"error: {message}") and "\n" not in err, err
     assert not (tmp_path / "x").exists()

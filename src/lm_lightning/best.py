@@ -29,9 +29,11 @@ def _resolve_ckpt(run_dir: Path, recorded: str | None) -> Path | None:
     """A checkpoint path as recorded (absolute, or relative to the cwd of training), else by name in run_dir."""
     if not recorded:
         return None
+    from lm_lightning.loading import is_sharded
+
     p = Path(recorded)
     for candidate in (p, run_dir / "checkpoints" / p.name, run_dir / p.name):
-        if candidate.is_file():
+        if candidate.is_file() or is_sharded(candidate):  # a file, or a sharded (FSDP) directory
             return candidate
     return None
 
@@ -76,7 +78,7 @@ def best_checkpoint(run_dir: Path) -> Path:
     if ckpt is None:
         # No validation improved a monitored metric yet (or checkpoints only every N steps).
         ckpt = _resolve_ckpt(run_dir, summary.get("last_checkpoint")) or (run_dir / "checkpoints" / "last.ckpt")
-        if not ckpt.is_file():
+        if not ckpt.exists():
             raise UserError(f"no checkpoint in {run_dir}/checkpoints")
         log.warning("no best checkpoint in %s; loading %s", run_dir, ckpt.name)
     return ckpt
@@ -114,8 +116,10 @@ def load_best(path: str | Path, metric: str | None = None):
 
     from lm_lightning.loading import load_checkpoint
 
+    from lm_lightning.loading import is_sharded
+
     p = Path(path)
-    if p.is_file():
+    if p.is_file() or is_sharded(p):  # a checkpoint: a file, or a sharded directory (consolidated here)
         ckpt, run_dir = p, p.parent.parent
     else:
         run_dir = best_run(p, metric)

@@ -172,11 +172,12 @@ def main(argv: list[str] | None = None) -> None:
             from lm_lightning.gguf_export import check_outtype
 
             check_outtype(args["outtype"])
-        if args["ckpt"] and Path(args["ckpt"]).is_dir():
-            raise UserError(f"ckpt={args['ckpt']} is a folder (a sharded checkpoint, "
-                            f"trainer.strategy.save_distributed_checkpoint=true?); export reads one .ckpt file: "
-                            f"consolidate it first (python -m lightning.pytorch.utilities.consolidate_checkpoint "
-                            f"{args['ckpt']}) or train with trainer.strategy.save_distributed_checkpoint=false")
+        from lm_lightning.loading import DCP_INDEX, SHARDED_META, is_sharded
+
+        if args["ckpt"] and Path(args["ckpt"]).is_dir() and not is_sharded(args["ckpt"]):
+            # A complete sharded (FSDP) checkpoint is consolidated by load_for_inference.
+            raise UserError(f"ckpt={args['ckpt']} is a folder (a sharded checkpoint?) without {SHARDED_META} and "
+                            f"{DCP_INDEX}: an unfinished save, or not a checkpoint")
         inf = load_for_inference(args["ckpt"])
         source = {"ckpt": args["ckpt"], "global_step": inf.loaded.global_step, "run_config": inf.loaded.config,
                   "command": "python -m lm_lightning.export " + " ".join(argv)}

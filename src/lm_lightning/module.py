@@ -52,6 +52,7 @@ class LMModule(pl.LightningModule):
         self.train_loss: torch.Tensor | None = None  # the newest training loss, on the device
         self._grad_norm: torch.Tensor | None = None  # see grad_norm()
         self._compile_kwargs: dict[str, Any] | None = None  # set by compile()
+        self._kernel_flags_kept = False  # see on_train_batch_start
 
     def _metrics(self) -> nn.ModuleDict:
         m: dict[str, torchmetrics.Metric] = {"loss": torchmetrics.MeanMetric()}
@@ -131,6 +132,24 @@ class LMModule(pl.LightningModule):
         parallel.parallelize(self.model, self.trainer.strategy.device_mesh, heads=heads,
                              precision=str(self.trainer.precision), compile_kwargs=self._compile_kwargs,
                              reshard_after_forward=getattr(self.trainer.strategy, "reshard_after_forward", True))
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if not self._kernel_flags_kept:
+            self._keep_kernel_flags()
+            self._kernel_flags_kept = True
+
+    def _keep_kernel_flags(self) -> None:
+        # A resumed optimizer takes its param-group flags from the checkpoint; a checkpoint from
+        # another strategy (FSDP2 steps unfused, one process fused) would switch the kernel this
+        # run chose (and that clipping and the anomaly guard are set up for). Keep this run's.
+        # Done at the first batch: the restore comes after on_train_start's callers, and a
+        # mid-epoch resume skips on_train_epoch_start.
+        for opt in self.trainer.optimizers if self._trainer is not None else []:
+            for inner in getattr(opt, "adamw", None), opt:
+                if inner is not None and "fused" in getattr(inner, "defaults", {}):
+                    for group in inner.param_groups:
+                        if "fused" in group:
+                            group["fused"] = inner.defaults["fused"]
 
     def on_validation_start(self) -> None:
         self._check_even_eval_batches()
@@ -212,6 +231,14 @@ class LMModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:
             checkpoint["run_config"] = self.run_config
+        from lm_lightning.distributed import is_fsdp
+
+        if self._trainer is not None and self.trainer.optimizers and not is_fsdp(self.trainer.strategy):
+            # torch numbers optimizer state by position; the names let an FSDP2 run (which keys
+            # it by parameter name) resume from this one-process checkpoint (resume.for_strategy).
+            names = {id(p): n for n, p in self.named_parameters()}
+            checkpoint["optimizer_param_names"] = [
+                [names.get(id(p), "") for g in opt.param_groups for p in g["params"]] for opt in self.trainer.optimizers]
 
     # -- anomalies from the data (Collatz step cap / cycles) --------------------------------
     def _report_data_anomalies(self, batch: dict[str, Any]) -> None:

@@ -69,9 +69,13 @@ def check(opt_cfg: Mapping[str, Any], strategy: Any = None) -> None:
         if opt_cfg.get(key) is not None and not float(opt_cfg[key]) > 0:
             raise ValueError(f"optimizer.{key} must be positive (or null: optimizer.lr), got {opt_cfg[key]}")
     target = strategy.get("_target_", "") if hasattr(strategy, "get") else strategy
-    if target is not None and "fsdp" in str(target).lower():
-        raise ValueError("optimizer=muon needs whole 2-D weight matrices and FSDP hands the optimizer flat "
-                         "shards; use DDP (trainer=ddp) or another optimizer")
+    # FSDP1 (FSDPStrategy, Lightning's "fsdp" names) hands the optimizer flat 1-D shards. FSDP2
+    # (trainer=fsdp: FSDP2Strategy / ModelParallelStrategy) hands it 2-D DTensors: Muon's
+    # Newton-Schulz runs on them as on whole matrices (DTensor gathers what a product needs).
+    name = str(target or "")
+    if name.rsplit(".", 1)[-1] == "FSDPStrategy" or name.lower().startswith("fsdp"):
+        raise ValueError("optimizer=muon needs whole 2-D weight matrices and FSDP1 hands the optimizer flat "
+                         "shards; use trainer=fsdp (FSDP2), DDP (trainer=ddp) or another optimizer")
 
 
 class MuonAdamW(torch.optim.Optimizer):
@@ -94,7 +98,7 @@ class MuonAdamW(torch.optim.Optimizer):
         flat = [tuple(p.shape) for p in muon_params if p.ndim != 2]
         if flat:
             raise ValueError(f"optimizer=muon needs whole 2-D weight matrices, got a tensor of shape {flat[0]} "
-                             "(FSDP hands the optimizer flat shards; use DDP or another optimizer)")
+                             "(FSDP1 hands the optimizer flat shards; use trainer=fsdp (FSDP2), DDP or another optimizer)")
         adamw_groups = [dict(g, weight_decay=g.get("weight_decay", weight_decay)) for g in adamw_groups]
         adamw_groups = [g for g in adamw_groups if g["params"]]
         self.adamw = torch.optim.AdamW(adamw_groups, lr=float(lr), betas=tuple(betas), eps=float(eps),

@@ -48,15 +48,23 @@ def candidates(ckpt_dir: Path) -> list[Path]:
     """Resumable checkpoints, newest first."""
     if not ckpt_dir.is_dir():
         return []
-    files = [p for p in ckpt_dir.glob("*.ckpt") if p.is_file() and p.name not in NOT_RESUMABLE]
+    from lm_lightning.loading import is_sharded
+
+    # A sharded checkpoint is a directory; it is only named *.ckpt once every rank has written it.
+    files = [p for p in ckpt_dir.glob("*.ckpt") if (p.is_file() or is_sharded(p)) and p.name not in NOT_RESUMABLE]
     return sorted(files, key=_order, reverse=True)
 
 
 def validate(path: Path, model_arch: dict[str, Any] | None) -> dict[str, Any]:
     """Read with weights_only=True; check that it is a full training checkpoint for this model."""
-    from lm_lightning.loading import read_checkpoint
+    from lm_lightning.loading import _load_meta, is_sharded, read_checkpoint, sharded_keys
 
-    ckpt = read_checkpoint(path)
+    if is_sharded(path):  # metadata and the index of tensors only: no weights are read here
+        ckpt = _load_meta(Path(path))
+        if any(k.startswith("optimizer_") for k in sharded_keys(path)):
+            ckpt["optimizer_states"] = []
+    else:
+        ckpt = read_checkpoint(path)
     if "optimizer_states" not in ckpt or "loops" not in ckpt:
         raise UserError(f"checkpoint {path} holds weights only (no optimizer or loop state); it cannot be resumed")
     saved = (ckpt.get("hyper_parameters") or {}).get("model")
@@ -101,7 +109,7 @@ def plan_resume(cfg: Any, run_dir: Path, model_arch: dict[str, Any] | None, quie
             raise UserError("resume=never contradicts ckpt_path; drop one of them")
         path = Path(str(explicit)).expanduser()
         ckpt = validate(path, model_arch)
-        return ResumePlan(path=path, global_step=int(ckpt.get("global_step", 0)))
+        return ResumePlan(path=for_strategy(path, cfg) if not quiet else path, global_step=int(ckpt.get("global_step", 0)))
     ckpt_dir = run_dir / "checkpoints"
     if mode == "auto" and cfg.get("fresh") and not cfg.get("run_name"):
         return ResumePlan()  # fresh=true: a new timestamped directory, nothing to resume
@@ -111,6 +119,8 @@ def plan_resume(cfg: Any, run_dir: Path, model_arch: dict[str, Any] | None, quie
                             "pass overwrite=true to replace it, or resume=auto to carry on")
         return ResumePlan()
     plan = newest_valid(ckpt_dir, model_arch, quiet)
+    if plan.path is not None and not quiet:
+        plan.path = for_strategy(plan.path, cfg)
     if plan.path is None and mode == "must":
         if plan.skipped:
             names = ", ".join(p.name for p in plan.skipped)
@@ -215,20 +225,39 @@ def for_strategy(path: Path, cfg: Any) -> Path:
     from lm_lightning.loading import is_sharded, read_sharded
 
     trainer = cfg.get("trainer") if hasattr(cfg, "get") else None
-    if not is_sharded(path) or is_fsdp(trainer.get("strategy") if trainer is not None else None):
+    sharded_run = is_fsdp(trainer.get("strategy") if trainer is not None else None)
+    if sharded_run == is_sharded(path):  # FSDP2 from a directory, or a file into a file reader
         return path
     import atexit
     import tempfile
 
     import torch
 
-    tmp = Path(tempfile.mkdtemp(prefix="lm_lightning-consolidated-"))
+    tmp = Path(tempfile.mkdtemp(prefix="lm_lightning-resume-"))
     atexit.register(shutil.rmtree, tmp, True)
     out = tmp / path.name
-    torch.save(read_sharded(path, optimizer=True), out)
-    log.info("consolidated the sharded checkpoint %s for this %s run", path, "single-process"
-             if trainer is None or not trainer.get("strategy") else "non-sharded")
-    return out
+    if is_sharded(path):
+        torch.save(read_sharded(path, optimizer=True), out)
+        log.info("consolidated the sharded checkpoint %s for this non-sharded run", path)
+        return out
+    if path.is_file():
+        # A one-process (or DDP) checkpoint into FSDP2: Lightning maps numbered optimizer state
+        # to parameter names by model.parameters() order, which is not our optimizer's group
+        # order; the names the checkpoint recorded (LMModule.on_save_checkpoint) say which is which.
+        from lm_lightning.loading import read_checkpoint
+
+        ckpt = read_checkpoint(path)
+        names = ckpt.get("optimizer_param_names")
+        if "optimizer_states" in ckpt and not names:
+            raise UserError(f"checkpoint {path} does not record its optimizer's parameter names (written before "
+                            "FSDP2 support), so FSDP cannot place its optimizer state; resume it without FSDP")
+        for state, order in zip(ckpt["optimizer_states"], names):
+            state["state"] = {order[i]: v for i, v in state["state"].items()}
+            for group in state["param_groups"]:
+                group["params"] = [order[i] for i in group["params"]]
+        torch.save(ckpt, out)
+        return out
+    return path
 
 
 def apply_overwrite(cfg: Any, run_dir: Path) -> None:
