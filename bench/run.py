@@ -86,24 +86,35 @@ def section_memory() -> dict:
 
 
 def section_shakespeare() -> dict:
-    """nanoGPT's CPU recipe and ours, run one after the other in this invocation, as a user runs them."""
+    """nanoGPT's CPU recipe and the speedrun back to back three times (the spread and the ratio), then
+    our two other tiny-shakespeare recipes once, all in this invocation, as a user runs them."""
+    import statistics
     import tempfile
 
-    from bench import nanogpt, speedrun
+    from bench import speedrun
 
     corpus = SHARED / "tinyshakespeare" / "input.txt"
     if not corpus.is_file():
         raise FileNotFoundError(f"{corpus} (../shared)")
-    nano = nanogpt.run()  # raises FileNotFoundError without ../shared/anchors/nanogpt
+    pairs = speedrun.pairs(3)  # raises FileNotFoundError without ../shared/anchors/nanogpt
+    mid = sorted(pairs["pairs"], key=lambda p: p["nanogpt_wall_s"])[1]
+    nano = {"ms_per_iter": statistics.median(p["nanogpt_ms_per_iter"] for p in pairs["pairs"]),
+            "val_loss": statistics.median(p["nanogpt_val"] for p in pairs["pairs"]),
+            "wall_s": statistics.median(p["nanogpt_wall_s"] for p in pairs["pairs"]),
+            "final_step": mid["nanogpt_final_step"], "median_of": len(pairs["pairs"])}
     print(f"nanoGPT: {nano['ms_per_iter']:.1f} ms/iter, val {nano['val_loss']:.4f}, {nano['wall_s']:.0f} s", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ("shakespeare_char", "shakespeare_char_fast", "shakespeare_char_speedrun"):
+        for name in ("shakespeare_char", "shakespeare_char_fast"):
             r = speedrun.run_one(name, [f"data.train_path={corpus}"], Path(tmp), name, whole_split=True)
             rows.append({"experiment": name, "ms_per_iter": r["ms_per_iter"], "val_loss": r["val_loss"],
                          "val_loss_whole": r["val_loss_whole"], "wall_s": r["wall_s"], "steps": r["steps"]})
             print(json.dumps(rows[-1]), flush=True)
-    return {"nanogpt": nano, "ours": rows}
+    ps = pairs["pairs"]
+    rows.append({"experiment": "shakespeare_char_speedrun", "median_of": len(ps),
+                 **{k: statistics.median(p[k] for p in ps) for k in ("ms_per_iter", "val_loss", "val_loss_whole",
+                                                                     "wall_s", "steps")}})
+    return {"nanogpt": nano, "ours": rows, "pairs": pairs}
 
 
 def section_recipe() -> dict:
@@ -116,6 +127,7 @@ def section_recipe() -> dict:
         rows = fn()
         speedrun.plot(rows, ROOT / "bench" / f"ablation_{corpus}.png", title)
         out[corpus] = rows
+    out["switches"] = speedrun.switches()
     return out
 
 
@@ -226,9 +238,13 @@ def render(cpu: dict, gpu: dict | None, have_gpu: bool) -> str:
 
 def render_shakespeare(s: dict) -> list[str]:
     n = s["nanogpt"]
+    pairs = s.get("pairs")
     out = ["## 2. nanoGPT's CPU recipe beside ours (tiny-shakespeare)", "",
            "nanoGPT (karpathy/nanoGPT 3adf61e, MIT, `../shared/anchors/nanogpt`) ran its README's CPU recipe from a "
-           "temporary copy in this same invocation, just before ours (`bench/nanogpt.py`). Both sides are timed the "
+           "temporary copy in this same invocation (`bench/nanogpt.py`)"
+           + (f", {len(pairs['pairs'])} times, each run followed at once by `experiment=shakespeare_char_speedrun`; "
+              "the nanoGPT and speedrun rows are the medians of those runs" if pairs else ", just before ours")
+           + ". Both sides are timed the "
            "same way: whole-run wall time of the process (start-up, every iteration and every evaluation), and the "
            "median time per training iteration leaving out iterations that evaluate (nanoGPT: its logged `time` of "
            "every 10th iteration; ours: step-to-step times, `bench/timing.py`). Val loss is at the last step over a "
@@ -240,33 +256,66 @@ def render_shakespeare(s: dict) -> list[str]:
            f"| nanoGPT `train_shakespeare_char` (CPU recipe) | {n['final_step']} | {n['ms_per_iter']:.1f} | 1 | "
            f"{n['val_loss']:.4f} | | {n['wall_s']:.0f} | 1 |"]
     for r in s["ours"]:
-        out.append(f"| `experiment={r['experiment']}` | {r['steps']} | {r['ms_per_iter']:.1f} | "
+        out.append(f"| `experiment={r['experiment']}` | {r['steps']:.0f} | {r['ms_per_iter']:.1f} | "
                    f"{r['ms_per_iter'] / n['ms_per_iter']:.3f} | {r['val_loss']:.4f} | {r['val_loss_whole']:.4f} | "
                    f"{r['wall_s']:.0f} | **{r['wall_s'] / n['wall_s']:.2f}** |")
+    if pairs:
+        out += ["", "Back to back, nanoGPT then the speedrun, in the order they ran (the spread; the ratio is taken "
+                "pair by pair):", "",
+                "| pair | nanoGPT wall s | nanoGPT val | speedrun wall s | speedrun start-up s | speedrun val (20 batches) "
+                "| speedrun val (whole split) | ratio |", "|---|---|---|---|---|---|---|---|"]
+        for i, p in enumerate(pairs["pairs"], 1):
+            start = f"{p['startup_s']:.1f}" if p.get("startup_s") is not None else ""
+            out.append(f"| {i} | {p['nanogpt_wall_s']:.1f} | {p['nanogpt_val']:.4f} | {p['wall_s']:.1f} | {start} | "
+                       f"{p['val_loss']:.4f} | {p['val_loss_whole']:.4f} | {p['ratio']:.3f} |")
+        out += ["", f"Ratio median **{pairs['ratio_median']:.3f}**, min {pairs['ratio_min']:.3f}, max "
+                f"{pairs['ratio_max']:.3f} (goal <= 0.25)."]
     return out + [""]
 
 
+def _to_target(r: dict) -> tuple[str, str, str]:
+    """(steps, tokens, seconds) to the target as table cells; '-' when a seed never reached it."""
+    steps = f"{r['steps_to_target']:.0f}" if r.get("steps_to_target") is not None else "-"
+    tokens = f"{r['tokens_to_target'] / 1e3:.0f}k" if r.get("tokens_to_target") is not None else "-"
+    t = f"{r['time_to_target']:.1f}" if r.get("time_to_target") is not None else "-"
+    return steps, tokens, t
+
+
 def render_recipe(rec: dict) -> list[str]:
-    from bench.speedrun import SEEDS, STEPS, TARGET, VAL_EVERY
+    from bench.speedrun import BASELINE_LR, SEEDS, STEPS, TARGET, VAL_EVERY
 
     out = ["## 2b. The 2026 recipe, piece by piece", "",
-           f"`experiment=shakespeare_char_speedrun` with pieces switched off, same model (4 x 128, RoPE), data, batch "
-           f"and step count ({STEPS['shakespeare']} steps on tiny-shakespeare, longer than the speedrun's 375 so that "
-           f"every variant can reach the target; {STEPS['wikitext2']} on WikiText-2); seeds {', '.join(map(str, SEEDS))}, medians over the seeds. Each run validates every "
-           f"{VAL_EVERY} steps over the same 20 batches; time to {TARGET} is seconds from the process start (start-up "
-           "included) to the first validation at or below it, '-' if a seed never reached it. The baseline is AdamW "
-           "(all parameters, the experiment's lr), warmup-cosine, GELU, no QK-norm or softcap. ms/iter and wall "
-           "include the validations every "
-           f"{VAL_EVERY} steps, which a real speedrun run does not do.", ""]
+           f"`experiment=shakespeare_char_speedrun` with pieces switched off, same model (4 x 128, RoPE), data and "
+           f"batch, for {STEPS['shakespeare']} steps on tiny-shakespeare (longer than the speedrun so that every "
+           f"variant can reach the target; the schedules stretch with it) and {STEPS['wikitext2']} on WikiText-2; "
+           f"seeds {', '.join(map(str, SEEDS))}, medians over the seeds. Each run validates every {VAL_EVERY} steps "
+           f"over the same 20 batches (a real speedrun run validates once). Steps and tokens to {TARGET} are the "
+           "machine-independent figures: optimizer steps and training tokens up to the first validation at or below "
+           f"it; seconds to {TARGET} count from the process start (start-up included); '-' if a seed never reached "
+           "it. On tiny-shakespeare a run stops at that validation (`bench.timing.StopAtLoss`), so its val loss is "
+           "the first at or below the target and its wall time ends there. The baseline is AdamW on all parameters, "
+           "warmup-cosine, GELU, no QK-norm or softcap, at the experiment's lr; `baseline, tuned lr` at "
+           f"{BASELINE_LR:g}. ms/iter includes the validations every {VAL_EVERY} steps.", ""]
     if "shakespeare" in rec:
         out += ["**tiny-shakespeare** (`bench/ablation_shakespeare.png`: val loss against wall time)", "",
-                "| variant | val loss (median) | time to 1.88 s | reached | ms/iter | wall s |",
-                "|---|---|---|---|---|---|"]
+                f"| variant | steps to {TARGET} | tokens to {TARGET} | s to {TARGET} | reached | val loss at stop | "
+                "ms/iter | wall s |", "|---|---|---|---|---|---|---|---|"]
         for r in rec["shakespeare"]:
-            t = f"{r['time_to_target']:.1f}" if r["time_to_target"] is not None else "-"
-            out.append(f"| {r['variant']} | {r['val_loss']:.4f} | {t} | {r['reached']} | {r['ms_per_iter']:.1f} | "
-                       f"{r['wall_s']:.0f} |")
+            steps, tokens, t = _to_target(r)
+            out.append(f"| {r['variant']} | {steps} | {tokens} | {t} | {r['reached']} | {r['val_loss']:.4f} | "
+                       f"{r['ms_per_iter']:.1f} | {r['wall_s']:.0f} |")
         out += ["", "![ablation](bench/ablation_shakespeare.png)", ""]
+    if "switches" in rec:
+        out += ["**modded-nanogpt's switches** on tiny-shakespeare, each toggled against the recipe at its own length "
+                f"(`bench.speedrun.SWITCHES`; `+` added, `-` taken out of the recipe), validating every {VAL_EVERY} "
+                "steps to the end of the schedule:", "",
+                f"| variant | steps to {TARGET} | tokens to {TARGET} | s to {TARGET} | reached | final val loss | "
+                "ms/iter | wall s |", "|---|---|---|---|---|---|---|---|"]
+        for r in rec["switches"]:
+            steps, tokens, t = _to_target(r)
+            out.append(f"| {r['variant']} | {steps} | {tokens} | {t} | {r['reached']} | {r['val_loss']:.4f} | "
+                       f"{r['ms_per_iter']:.1f} | {r['wall_s']:.0f} |")
+        out.append("")
     if "wikitext2" in rec:
         import math
 

@@ -255,6 +255,7 @@ def pairs(n: int = 3) -> dict:
             ours = run_one("shakespeare_char_speedrun", [f"data.train_path={CORPUS}"], Path(tmp), f"speedrun{i}",
                            whole_split=True)
             out.append({"nanogpt_wall_s": nano["wall_s"], "nanogpt_val": nano["val_loss"],
+                        "nanogpt_final_step": nano["final_step"],
                         "nanogpt_ms_per_iter": nano["ms_per_iter"], "wall_s": ours["wall_s"],
                         "val_loss": ours["val_loss"], "val_loss_whole": ours["val_loss_whole"],
                         "ms_per_iter": ours["ms_per_iter"], "steps": ours["steps"], "startup_s": ours["startup_s"],
