@@ -165,6 +165,27 @@ def test_ranks_above_zero_share_the_run(tmp_path, monkeypatch):
         lock.release()
 
 
+def test_ranks_lightning_started_exit_0_after_a_clean_stop(monkeypatch):
+    """Lightning's launcher SIGKILLs all its processes once one of its children exits non-zero, so
+    after a checkpointed SIGTERM stop the ranks it started exit 0 and rank 0 reports 143; ranks
+    that torchrun, SLURM or a person started report 143 themselves."""
+    from types import SimpleNamespace
+
+    from lightning.fabric.plugins.environments import LightningEnvironment, TorchElasticEnvironment
+
+    from lm_lightning.callbacks.control import run_outcome
+
+    def outcome(env):
+        return run_outcome(SimpleNamespace(callbacks=[SimpleNamespace(reason="SIGTERM")],
+                                           strategy=SimpleNamespace(cluster_environment=env)))
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert outcome(LightningEnvironment()) == ("stopped", "SIGTERM", 143)  # rank 0 (or node 1's first)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert outcome(LightningEnvironment()) == ("stopped", "SIGTERM", 0)
+    assert outcome(TorchElasticEnvironment()) == ("stopped", "SIGTERM", 143)
+
+
 # -- data-loader workers leave the stop signals to the main process -------------------------------
 class _Pids(IterableDataset):
     def __iter__(self):

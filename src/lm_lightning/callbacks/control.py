@@ -281,8 +281,22 @@ def run_outcome(trainer: pl.Trainer) -> tuple[str, str | None, int]:
         reason = getattr(cb, "reason", None)
         if isinstance(reason, str) and reason in OUTCOMES:
             status, code = OUTCOMES[reason]
+            if code and started_by_lightning(trainer):
+                # Lightning's launcher watches the ranks it started and SIGKILLs every process,
+                # its own included, as soon as one exits non-zero: a clean stop's 143 from this
+                # rank could kill rank 0 while it writes summary.json. Rank 0 reports the code.
+                code = 0
             return status, reason, code
     return "finished", None, 0
+
+
+def started_by_lightning(trainer: Any) -> bool:
+    """Is this process a rank that Lightning's own launcher started (``trainer=ddp_cpu``'s second
+    process), rather than one a person, torchrun or SLURM started?"""
+    from lightning.fabric.plugins.environments import LightningEnvironment
+
+    env = getattr(trainer.strategy, "cluster_environment", None)
+    return type(env) is LightningEnvironment and int(os.environ.get("LOCAL_RANK", "0") or 0) > 0
 
 
 
