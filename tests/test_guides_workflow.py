@@ -25,7 +25,8 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml") if not
 # A model, batch and evaluation small enough for seconds on a CPU, whatever the recipe's size.
 SMALL = ["trainer=cpu", "model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.d_ff=64",
          "data.block_size=32", "++effective_batch_size=2", "data.batch_size=2", "test=false", "logger=none",
-         "callbacks.control.stdin=false", "callbacks.monitoring.plots=false", "trainer.limit_val_batches=2"]
+         "callbacks.control.stdin=false", "callbacks.monitoring.plots=false", "trainer.limit_val_batches=2",
+         "callbacks.checkpointing.final_model=false", "trainer.enable_model_summary=false"]
 
 
 def toy(experiment: str, tmp_path: Path, *extra: str) -> list[str]:
