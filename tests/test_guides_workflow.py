@@ -179,7 +179,8 @@ def test_gpt2_wikitext2_validates_every_500_steps_and_each_epoch_end(tmp_path, c
 @pytest.mark.slow
 def test_cs336_metrics_and_a_longer_rerun(tmp_path, capsys):
     command = toy("cs336_tinystories", tmp_path, "logger=csv", "trainer.val_check_interval=2", "data.eval_batches=2",
-                  "trainer.log_every_n_steps=1", "scheduler.warmup_steps=1")
+                  "trainer.log_every_n_steps=1", "scheduler.warmup_steps=1",
+                  "callbacks.periodic_checkpoint.every_n_train_steps=2")  # the recipe's iter<N> files
     first = train(compose([*command, "trainer.max_steps=4"]))
     run_dir = Path(compose(command).paths.run_dir)
     with open(run_dir / "csv" / "metrics.csv") as f:
@@ -195,6 +196,8 @@ def test_cs336_metrics_and_a_longer_rerun(tmp_path, capsys):
     out = capsys.readouterr().out
     assert re.search(r"^Evaluating at step 2 \| Train loss: [\d.]+ \| Val loss: [\d.]+", out, re.M)
     assert re.search(r"^Final evaluation at step 4 .*Train loss: [\d.]+ \| Val loss: [\d.]+", out, re.M)
+    for name in ("iter2.ckpt", "iter4.ckpt"):  # Lightning's ModelCheckpoint files get their line too
+        assert out.count(f"Saved checkpoint to {run_dir / 'checkpoints' / name}\n") == 1, name
 
     # guide 004's `--resume_from ... --max_iters 20000`: the same command with a larger max_steps
     second = train(compose([*command, "trainer.max_steps=8"]))
