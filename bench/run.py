@@ -203,6 +203,15 @@ def render(cpu: dict, gpu: dict | None, have_gpu: bool) -> str:
         out += ["## 5. Start-up", "", f"`python train.py` to the end of the first training step: {r['startup_s']:.1f} s "
                 f"(median of {len(r['all'])}: {', '.join(f'{v:.1f}' for v in r['all'])}; target <= 12 s). "
                 f"Heavy optional packages imported by the Collatz run: {r['heavy_imported']}.", ""]
+        sr = r.get("speedrun")
+        if sr:  # bench.startup.speedrun_startup, before and after a change, alternating
+            out += [f"`experiment=shakespeare_char_speedrun` ({sr['steps']} step, `logger=none`), {sr['note']}, "
+                    f"{len(next(iter(sr['trees'].values()))['runs'])} runs each, alternating:", "",
+                    "| tree | start-up s (median) | runs | whole process s (median) |", "|---|---|---|---|"]
+            for name, t in sr["trees"].items():
+                each = ", ".join(f"{x['startup_s']:.2f}" for x in t["runs"])
+                out.append(f"| {name} | {t['startup_s']:.2f} | {each} | {t['wall_s']:.2f} |")
+            out.append("")
     out += ["## 6. GPU", ""]
     if not have_gpu:
         out += ["This machine has no GPU; the figures below are the last recorded by `python -m bench.gpu` on a GPU "

@@ -33,3 +33,37 @@ def measure(repeats: int = 2) -> dict:
         capture_output=True, text=True, timeout=120,
     )
     return {"startup_s": values[len(values) // 2], "all": values, "heavy_imported": probe.stdout.strip()}
+
+
+def speedrun_startup(trees: dict[str, Path], repeats: int = 3, steps: int = 1) -> dict:
+    """`experiment=shakespeare_char_speedrun` start-up from each source tree (e.g. a ``git archive`` of an
+    older commit beside this checkout), the trees alternating A B A B ... so that a drift of the
+    machine's speed reaches both alike. Per run: the start-up the run measures itself (process start to
+    the end of its first optimizer step, summary.json) and the whole-process wall of a ``steps``-step run.
+
+        python -c "from bench.startup import *; print(speedrun_startup({'before': Path('/tmp/old'), 'after': ROOT}))"
+    """
+    import os
+    import statistics
+    import time
+
+    corpus = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+    runs: dict[str, list[dict]] = {name: [] for name in trees}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeats):
+            for name, tree in trees.items():
+                run = f"{name}{i}"
+                t0 = time.perf_counter()
+                proc = subprocess.run(
+                    [sys.executable, str(tree / "train.py"), "experiment=shakespeare_char_speedrun",
+                     f"data.train_path={corpus}", f"trainer.max_steps={steps}", "logger=none",
+                     f"paths.runs_root={tmp}", f"run_name={run}"],
+                    cwd=tree, capture_output=True, text=True, timeout=600,
+                    env=dict(os.environ, PYTHONPATH=str(tree / "src")))
+                wall = time.perf_counter() - t0
+                if proc.returncode != 0:
+                    raise RuntimeError(proc.stderr[-2000:])
+                summary = json.loads((Path(tmp) / run / "summary.json").read_text())
+                runs[name].append({"startup_s": summary["startup_s"], "wall_s": wall})
+    return {name: {"startup_s": statistics.median(r["startup_s"] for r in rs),
+                   "wall_s": statistics.median(r["wall_s"] for r in rs), "runs": rs} for name, rs in runs.items()}
