@@ -99,6 +99,11 @@ def test_cli_names_the_directory_after_the_experiment_and_resumes(tmp_path, monk
     assert "lr schedule: the run now ends at step 3 (was 2)" in out
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == [run_dir.name]
     assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 3
+    # The finished run's command once more: it loads, has nothing left to do, and says so.
+    run_main(monkeypatch, [*argv[:-1], "trainer.max_steps=3"])
+    out = capsys.readouterr().out
+    assert "Resumed from step 3" in out and "lr schedule:" not in out and "Step 4" not in out
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
 
 
 # -- 2. plain progress lines --------------------------------------------------------------------
