@@ -238,7 +238,14 @@ def for_strategy(path: Path, cfg: Any) -> Path:
     out = tmp / path.name
     if is_sharded(path):
         torch.save(read_sharded(path, optimizer=True), out)
-        log.info("consolidated the sharded checkpoint %s for this non-sharded run", path)
+        from lm_lightning.distributed import env_is_global_zero
+
+        ranks = len(list(path.glob("__*_0.distcp")))
+        line = (f"{path} is sharded ({ranks} ranks wrote it) and this run is not: consolidated it into {out} "
+                "(weights, optimizer state, loops, RNG) to resume from")
+        if env_is_global_zero():
+            print(line, flush=True)
+        log.info(line)
         return out
     if path.is_file():
         # A one-process (or DDP) checkpoint into FSDP2: Lightning maps numbered optimizer state

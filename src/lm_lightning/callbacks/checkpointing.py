@@ -122,8 +122,12 @@ class Checkpointing(Checkpoint):
             if trainer.is_global_zero:
                 commit_dir(tmp, path)
         else:
+            if trainer.is_global_zero and tmp.is_dir():  # an unfinished sharded save of this name
+                remove_checkpoint(tmp)
             trainer.save_checkpoint(tmp, weights_only=weights_only)
             if trainer.is_global_zero:
+                if path.is_dir() and not path.is_symlink():  # a sharded save of this name, from an FSDP leg
+                    remove_checkpoint(path)
                 fsync_replace(tmp, path)
         trainer.strategy.barrier("lm_lightning.checkpoint")
         if trainer.is_global_zero:
