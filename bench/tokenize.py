@@ -186,8 +186,10 @@ def render(r: dict) -> list[str]:
            f"side, byte-identical: {r['identical_bytes']}. Baseline: the plain script (`encode_batch` over 1000 "
            "documents, end-of-text appended, uint16 written). Ours writes 10M-token shards with sidecars, a "
            "resumable plan and a progress line. Whole processes, start-up included; medians of "
-           f"{r['rounds']} alternating rounds (load average {r['load_avg']:.1f} on {r['cores']} cores when it ended).",
-           "", "| command | wall s | CPU s | tokens/s | RSS at 1/4, 3/4 of the run, peak (MB) | wall vs baseline |",
+           f"{r['rounds']} alternating rounds. Load average {r['load_avg']:.1f} on {r['cores']} cores when it ended: "
+           "with other jobs on the machine the wall times spread widely (per-run walls in `bench/cpu_results.json`), "
+           "CPU seconds are the steadier figure.",
+           "", "| command | wall s | CPU s | tokens/s | RSS at 1/4, 3/4 of the run, peak (MB) | speed vs baseline (its wall / this wall) |",
            "|---|---|---|---|---|---|"]
     for name, label in (("reference", "baseline script"), ("ours_w1", "`prepare tokenize workers=1`"),
                         ("ours_w2", "`prepare tokenize workers=2`")):
