@@ -298,9 +298,10 @@ def test_ddp_run_shares_one_run_dir_and_matches_single_process(tmp_path):
                       f"+callbacks.probe.out={probe_dir}"], cwd=tmp_path, timeout=DDP_TIMEOUT, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    # One run directory (timestamped: no run_name) shared by both ranks, written by rank 0 only.
+    # One run directory (no run_name: run-<config id>, the same in every rank) shared by both
+    # ranks, written by rank 0 only.
     (run,) = [p for p in runs.iterdir() if p.is_dir()]  # runs.jsonl (the run index) sits beside it
-    assert run.name != "None" and run.name[:4].isdigit()
+    assert run.name != "None" and run.name.startswith("run-") and len(run.name) == 12
     assert OmegaConf.load(run / ".hydra" / "hydra.yaml").hydra.job.name == "train", "rank 1 rewrote .hydra/"
     log = (run / "train.log").read_text()
     assert log.count("run directory:") == 1
