@@ -235,9 +235,9 @@ def test_readers_consolidate_a_sharded_checkpoint(runs, capsys, tmp_path):
 
 
 def test_presets_and_refusals():
+    from conftest import compose
     from hydra.utils import instantiate
 
-    from conftest import compose
     from lm_lightning.distributed import build_bare_trainer, is_fsdp
     from lm_lightning.errors import UserError
     from lm_lightning.parallel import TP_REFUSAL, FSDP2Strategy

@@ -114,9 +114,7 @@ def load_best(path: str | Path, metric: str | None = None):
     import torch
     from omegaconf import OmegaConf
 
-    from lm_lightning.loading import load_checkpoint
-
-    from lm_lightning.loading import is_sharded
+    from lm_lightning.loading import is_sharded, load_checkpoint
 
     p = Path(path)
     if p.is_file() or is_sharded(p):  # a checkpoint: a file, or a sharded directory (consolidated here)
