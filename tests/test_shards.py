@@ -152,6 +152,30 @@ def test_a_killed_run_resumes_to_identical_shards(tmp_path, corpus, capsys, work
     assert folder_digest(out) == folder_digest(tmp_path / "straight")
 
 
+def test_ctrl_c_keeps_the_finished_shards(tmp_path, corpus, capsys, monkeypatch):
+    d, _ = corpus
+    monkeypatch.setattr(shards, "BATCH_DOCS", 50)
+    args = [str(d / "*.jsonl"), "shard_tokens=3000", "val_tokens=1000"]
+    run([*args, f"out={tmp_path / 'straight'}"], capsys)
+    real, calls = shards.encode, []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(shards, "encode", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare.main(["tokenize", *args, f"out={tmp_path / 'cut'}"])
+    assert "rerun the same command" in capsys.readouterr().err
+    kept = shards.finished_shards(tmp_path / "cut", "train")
+    assert kept and not (tmp_path / "cut" / "meta.json").exists()
+    monkeypatch.setattr(shards, "encode", real)
+    assert run([*args, f"out={tmp_path / 'cut'}"], capsys)["tokens_kept"] > 0
+    assert folder_digest(tmp_path / "cut") == folder_digest(tmp_path / "straight")
+
+
 def test_every_input_kind_gives_the_same_tokens(tmp_path, capsys):
     texts = docs(60, seed=1)
     ref = byte_ids(texts)
@@ -241,6 +265,10 @@ def test_bad_inputs_are_one_line_exit_2_and_leave_nothing(tmp_path, capsys, monk
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert "could not be loaded" in bad(["hf:no-such-owner/no-such-dataset", f"out={out}"], capsys)
     assert not out.exists() and not list(tmp_path.glob("*.parts"))
+    # The command line itself: exit status 2 and one line (the only subprocess of these checks).
+    proc = subprocess.run([sys.executable, "-m", "lm_lightning.prepare", "tokenize", str(tmp_path / "none.jsonl"),
+                           f"out={out}"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [f"error: input not found: {tmp_path / 'none.jsonl'}"]
     # An existing folder of another tokenization is refused, untouched.
     bad_args = [str(good), f"out={out}", "shard_tokens=100"]
     run(bad_args, capsys)
