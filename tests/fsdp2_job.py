@@ -69,6 +69,14 @@ def main(spec_file: str) -> None:
     for run in runs:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name="train", overrides=run["overrides"])
+        if run.get("expect_error"):  # every rank must stop with the same one-line error, none hang
+            from lm_lightning.errors import UserError
+
+            try:
+                train(cfg)
+            except UserError as exc:
+                Path(f"{run['summary']}.rank{os.environ.get('RANK', '0')}").write_text(str(exc))
+            continue
         summary = train(cfg)
         if int(os.environ.get("RANK", "0")) == 0:
             Path(run["summary"]).write_text(json.dumps(summary, default=str))

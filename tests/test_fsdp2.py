@@ -97,6 +97,9 @@ def runs(tmp_path_factory):
         f"data.val_path={root / 'val.txt'}", "data.block_size=32", "data.batch_size=8", "data.num_workers=0",
         f"data.cache_dir={root / 'cache'}", "trainer.max_steps=4", "trainer.val_check_interval=4",
         "trainer.limit_val_batches=2", f"paths.runs_root={root}", "run_name=fsdp_text"]})
+    # Last: 12 validation samples are 3 batches of 4, 2 on one rank and 1 on the other; under FSDP
+    # (a collective in every forward) that would hang at the first validation: refused at step 1.
+    spec.append({**run("uneven", "data.val_samples=12", "trainer.max_steps=2"), "expect_error": True})
     (root / "spec.json").write_text(json.dumps(spec))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
                PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
@@ -232,6 +235,19 @@ def test_readers_consolidate_a_sharded_checkpoint(runs, capsys, tmp_path):
     (broken / "__0_0.distcp").write_bytes(b"\0")
     with pytest.raises(UserError, match="not a complete sharded checkpoint"):
         load_checkpoint(broken)
+
+
+def test_uneven_evaluation_split_is_refused_on_every_rank(runs):
+    root = runs["root"]
+    for rank in (0, 1):
+        message = (root / f"uneven.summary.json.rank{rank}").read_text()
+        assert message == ("FSDP needs the same number of evaluation batches on every rank, got [1, 2]: make the "
+                           "validation split a multiple of 2 x data.batch_size"), message
+    assert not _held_exists(root, "uneven"), "refused before the first optimizer step"
+
+
+def _held_exists(root: Path, name: str) -> bool:
+    return (root / f"{name}.rank0.json").exists()
 
 
 def test_presets_and_refusals():

@@ -137,6 +137,8 @@ class LMModule(pl.LightningModule):
         if not self._kernel_flags_kept:
             self._keep_kernel_flags()
             self._kernel_flags_kept = True
+            # Before the first step rather than at the first validation, hours later.
+            self._check_even_eval_batches(self.trainer.num_val_batches)
 
     def _keep_kernel_flags(self) -> None:
         # A resumed optimizer takes its param-group flags from the checkpoint; a checkpoint from
@@ -157,7 +159,7 @@ class LMModule(pl.LightningModule):
     def on_test_start(self) -> None:
         self._check_even_eval_batches()
 
-    def _check_even_eval_batches(self) -> None:
+    def _check_even_eval_batches(self, counts: list[int | float] | None = None) -> None:
         """FSDP: every forward is a collective (each block's weights are all-gathered), so all
         ranks must run the same number of evaluation batches; one rank with an extra batch would
         wait forever. Checked on every rank together, so that all of them stop with the error."""
@@ -165,9 +167,11 @@ class LMModule(pl.LightningModule):
 
         if self._trainer is None or not is_fsdp(self.trainer.strategy) or self.trainer.world_size < 2:
             return
-        stage = self.trainer.state.stage
-        counts = self.trainer.num_val_batches if stage == "validate" or self.trainer.validating else self.trainer.num_test_batches
-        local = torch.tensor([sum(int(c) for c in counts)], dtype=torch.long)
+        if counts is None:
+            stage = self.trainer.state.stage
+            validating = stage == "validate" or self.trainer.validating
+            counts = self.trainer.num_val_batches if validating else self.trainer.num_test_batches
+        local = torch.tensor([sum(int(c) for c in counts if c != float("inf"))], dtype=torch.long)
         every = [torch.zeros_like(local) for _ in range(self.trainer.world_size)]
         torch.distributed.all_gather(every, local)
         found = sorted({int(t) for t in every})
