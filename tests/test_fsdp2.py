@@ -254,7 +254,7 @@ def test_presets_and_refusals():
     from conftest import compose
     from hydra.utils import instantiate
 
-    from lm_lightning.distributed import build_bare_trainer, is_fsdp
+    from lm_lightning.distributed import build_bare_trainer, is_fsdp, is_fsdp1
     from lm_lightning.errors import UserError
     from lm_lightning.parallel import TP_REFUSAL, FSDP2Strategy
 
@@ -265,6 +265,9 @@ def test_presets_and_refusals():
     cpu = build_bare_trainer(compose(["trainer=fsdp_cpu"]).trainer, "32-true")
     assert isinstance(cpu.strategy, FSDP2Strategy) and cpu.world_size == 2
     assert not is_fsdp(compose(["trainer=ddp_cpu"]).trainer.strategy) and not is_fsdp(None)
+    # Muon refuses FSDP1's flat shards only: FSDP2 hands it 2-D DTensors.
+    assert is_fsdp1("fsdp") and is_fsdp1("lightning.pytorch.strategies.FSDPStrategy")
+    assert not is_fsdp1(fsdp.trainer.strategy) and not is_fsdp1(strategy) and not is_fsdp1("ddp")
 
     # Tensor parallel: refused with one line before anything is sharded.
     class Mesh:

@@ -138,3 +138,16 @@ def is_fsdp(strategy: Any) -> bool:
     from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
     return isinstance(strategy, FSDPStrategy | ModelParallelStrategy)
+
+
+def is_fsdp1(strategy: Any) -> bool:
+    """FSDP1 (``FSDPStrategy``, Lightning's "fsdp..." names): flat 1-D parameter shards, which
+    optimizers that need whole matrices (Muon) cannot use. FSDP2 shards are 2-D DTensors."""
+    if hasattr(strategy, "get") and not isinstance(strategy, str):
+        strategy = strategy.get("_target_", "")
+    if isinstance(strategy, str):
+        name = strategy.rsplit(".", 1)[-1]
+        return name == "FSDPStrategy" or (name.lower().startswith("fsdp") and "strategy" not in name.lower())
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    return isinstance(strategy, FSDPStrategy)

@@ -72,8 +72,9 @@ def check(opt_cfg: Mapping[str, Any], strategy: Any = None) -> None:
     # FSDP1 (FSDPStrategy, Lightning's "fsdp" names) hands the optimizer flat 1-D shards. FSDP2
     # (trainer=fsdp: FSDP2Strategy / ModelParallelStrategy) hands it 2-D DTensors: Muon's
     # Newton-Schulz runs on them as on whole matrices (DTensor gathers what a product needs).
-    name = str(target or "")
-    if name.rsplit(".", 1)[-1] == "FSDPStrategy" or name.lower().startswith("fsdp"):
+    from lm_lightning.distributed import is_fsdp1
+
+    if is_fsdp1(target or ""):
         raise ValueError("optimizer=muon needs whole 2-D weight matrices and FSDP1 hands the optimizer flat "
                          "shards; use trainer=fsdp (FSDP2), DDP (trainer=ddp) or another optimizer")
 
