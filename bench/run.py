@@ -128,6 +128,7 @@ def section_recipe() -> dict:
         speedrun.plot(rows, ROOT / "bench" / f"ablation_{corpus}.png", title)
         out[corpus] = rows
     out["switches"] = speedrun.switches()
+    out["ns"] = speedrun.ns_precision()
     return out
 
 
@@ -314,6 +315,12 @@ def render_recipe(rec: dict) -> list[str]:
             out.append(f"| {r['variant']} | {steps} | {tokens} | {t} | {r['reached']} | {r['val_loss']:.4f} | "
                        f"{r['ms_per_iter']:.1f} | {r['wall_s']:.0f} |")
         out += ["", "![ablation](bench/ablation_shakespeare.png)", ""]
+    if "ns" in rec:
+        ns = rec["ns"]
+        out += [f"**Newton-Schulz precision on this CPU** (`bench.speedrun.ns_precision`: one speedrun optimizer "
+                f"step's orthogonalisations, the 16 hidden matrices of the 4 x 128 model, 3 iterations, "
+                f"{ns['threads']} threads, alternating, median): bf16 (torch's Muon) {ns['bfloat16']:.1f} ms, fp32 "
+                f"{ns['float32']:.1f} ms. `optimizer.muon_ns_dtype=auto` is fp32 on a CPU, bf16 on a GPU.", ""]
     if "switches" in rec:
         out += ["**modded-nanogpt's switches** on tiny-shakespeare, each toggled against the recipe at its own length "
                 f"(`bench.speedrun.SWITCHES`; `+` added, `-` taken out of the recipe), validating every {VAL_EVERY} "

@@ -266,6 +266,33 @@ def pairs(n: int = 3) -> dict:
             "ratio_max": max(ratios)}
 
 
+def ns_precision(repeats: int = 7, iters: int = 20) -> dict:
+    """Newton-Schulz for one speedrun optimizer step (the 16 hidden matrices of the 4 x 128 model,
+    3 iterations), bf16 (torch's Muon) against fp32 (muon_ns.zeropower), alternating; median ms."""
+    import torch
+    from torch.optim._muon import _zeropower_via_newtonschulz
+
+    from lm_lightning.muon_ns import zeropower
+
+    coeffs = (3.4445, -4.7750, 2.0315)
+    g = torch.Generator().manual_seed(0)
+    mats = [torch.randn(shape, generator=g) for _ in range(4) for shape in ((384, 128), (128, 128), (512, 128), (128, 512))]
+    fns = {"bfloat16": lambda m: _zeropower_via_newtonschulz(m, coeffs, 3, 1e-7),
+           "float32": lambda m: zeropower(m, coeffs, 3, 1e-7)}
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():  # warm-up
+        for m in mats:
+            fn(m)
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                for m in mats:
+                    fn(m)
+            times[name].append(1000 * (time.perf_counter() - t0) / iters)
+    return {name: statistics.median(v) for name, v in times.items()} | {"threads": torch.get_num_threads()}
+
+
 def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -301,6 +328,9 @@ if __name__ == "__main__":
     for name in a.only.split(","):
         if name == "pairs":
             result[name] = pairs(a.pairs)
+        elif name == "ns":
+            result[name] = ns_precision()
+            print(json.dumps(result[name]), flush=True)
         else:
             res = {"shakespeare": shakespeare, "wikitext2": wikitext2, "switches": switches}[name](seeds)
             result[name] = res
