@@ -285,3 +285,39 @@ def test_presets_and_refusals():
     with pytest.raises(UserError) as exc:
         parallelize(model, Mesh())
     assert str(exc.value) == TP_REFUSAL and "\n" not in TP_REFUSAL and not is_parallelized(model)
+
+
+def test_sharded_save_commit_and_aliases(tmp_path):
+    """The file-system side of sharded saves: a directory appears under its name only complete,
+    replaces an older one or a file of the same name, and last/best aliases follow either kind."""
+    from lm_lightning.callbacks.checkpointing import alias, commit_dir, remove_checkpoint
+
+    def shards(path, tag):
+        path.mkdir()
+        for name in ("__0_0.distcp", "__1_0.distcp", "meta.pt", ".metadata"):
+            (path / name).write_text(tag)
+        return path
+
+    ckpt = tmp_path / "step-10.ckpt"
+    commit_dir(shards(tmp_path / "step-10.ckpt.tmp", "a"), ckpt)
+    assert not (tmp_path / "step-10.ckpt.tmp").exists() and (ckpt / "meta.pt").read_text() == "a"
+    commit_dir(shards(tmp_path / "step-10.ckpt.tmp", "b"), ckpt)  # a re-save of the same name
+    assert (ckpt / "meta.pt").read_text() == "b" and sorted(p.name for p in tmp_path.iterdir()) == ["step-10.ckpt"]
+    final = tmp_path / "final.ckpt"
+    final.write_text("a file from a one-process leg")
+    commit_dir(shards(tmp_path / "final.ckpt.tmp", "c"), final)
+    assert final.is_dir() and (final / "meta.pt").read_text() == "c"
+
+    last = tmp_path / "last.ckpt"
+    alias(ckpt, last)
+    assert last.is_symlink() and os.readlink(last) == "step-10.ckpt" and (last / "meta.pt").read_text() == "b"
+    single = tmp_path / "step-20.ckpt"
+    single.write_text("one process")
+    alias(single, last)  # back to a file checkpoint: a hard link (or copy) replaces the symlink
+    assert not last.is_symlink() and last.read_text() == "one process"
+    alias(ckpt, last)
+    assert last.is_symlink()
+    remove_checkpoint(last)
+    assert not last.exists() and ckpt.is_dir(), "removing an alias keeps its target"
+    remove_checkpoint(ckpt)
+    assert not ckpt.exists()
