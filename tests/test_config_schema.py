@@ -52,7 +52,7 @@ def test_every_preset_passes_and_every_number_has_a_spec(overrides):
     assert not unchecked, f"keys without a schema entry: {unchecked}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def composed(base: tuple[str, ...]) -> dict:
     return plain(compose(list(base)))
 

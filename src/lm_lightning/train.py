@@ -19,6 +19,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lm_lightning.config.location import CONF_DIR, find_conf_dir  # noqa: F401 - train.CONF_DIR stays importable
 from lm_lightning.distributed import (
     MULTIRUN_DDP_MESSAGE,
     build_bare_trainer,
@@ -28,7 +29,6 @@ from lm_lightning.distributed import (
     shared_run_dir_problem,
     sweep_jobs,
 )
-from lm_lightning.config.location import CONF_DIR, find_conf_dir  # noqa: F401 - train.CONF_DIR stays importable
 from lm_lightning.errors import UserError, one_line, report_and_exit, user_errors
 from lm_lightning.known_warnings import silence_known_warnings
 from lm_lightning.summary import has_best, print_final_table, write_summary
