@@ -55,6 +55,17 @@ def candidates(ckpt_dir: Path) -> list[Path]:
     return sorted(files, key=_order, reverse=True)
 
 
+def with_new_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's model config with the switches added since it was written at their defaults
+    (a key it lacks is one the model did not have then, which is the default's behaviour)."""
+    from dataclasses import MISSING, fields
+
+    from lm_lightning.model import ModelConfig
+
+    defaults = {f.name: f.default for f in fields(ModelConfig) if f.default is not MISSING}
+    return {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
+
+
 def validate(path: Path, model_arch: dict[str, Any] | None) -> dict[str, Any]:
     """Read with weights_only=True; check that it is a full training checkpoint for this model."""
     from lm_lightning.loading import _load_meta, is_sharded, read_checkpoint, sharded_keys
@@ -69,6 +80,7 @@ def validate(path: Path, model_arch: dict[str, Any] | None) -> dict[str, Any]:
         raise UserError(f"checkpoint {path} holds weights only (no optimizer or loop state); it cannot be resumed")
     saved = (ckpt.get("hyper_parameters") or {}).get("model")
     if model_arch is not None and saved is not None:
+        saved = with_new_defaults(saved)
         diff = sorted(k for k in set(saved) | set(model_arch)
                       if k not in ("dropout", "activation_checkpointing") and saved.get(k) != model_arch.get(k))
         if diff:
