@@ -166,6 +166,16 @@ def test_fragment_llm_numbers_epoch_checkpoints_from_one(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_an_epoch_cut_short_by_max_steps_gets_no_epoch_checkpoint(tmp_path, capsys):
+    # epochs of 3 steps, every epoch checkpointed, max_steps=4 ends the run inside the second epoch
+    summary, run_dir = _epoch_run("fragment_llm", tmp_path, 3, "trainer.max_steps=4",
+                                  "callbacks.checkpointing.every_n_epochs=1")
+    assert summary["global_step"] == 4
+    names = sorted(p.name for p in (Path(run_dir) / "checkpoints").glob("checkpoint_epoch_*"))
+    assert names == ["checkpoint_epoch_1.ckpt"]
+
+
+@pytest.mark.slow
 def test_gpt2_wikitext2_validates_every_500_steps_and_each_epoch_end(tmp_path, capsys):
     # 3 steps per epoch, validation every 2 steps (the recipe's 500), 2 epochs
     summary, run_dir = _epoch_run("gpt2_wikitext2", tmp_path, 3, "trainer.max_epochs=2",

@@ -191,6 +191,8 @@ class Checkpointing(Checkpoint):
         epoch = trainer.current_epoch + 1
         if not self.every_n_epochs or epoch % self.every_n_epochs or trainer.fast_dev_run:
             return
+        if trainer.fit_loop.epoch_loop.batch_progress.current.ready < trainer.num_training_batches:
+            return  # max_steps, a stop or a time limit ended this epoch early: it is not an epoch's end
         if not self.epoch_filename:
             self.save_now(trainer, pl_module, "epoch")
             return
