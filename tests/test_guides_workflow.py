@@ -132,6 +132,16 @@ def test_plain_lines_stay_out_of_a_terminal(monkeypatch, capsys, caplog):
     assert "Step 1 | Loss: 1.0000" in caplog.text  # train.log still gets it
 
 
+def test_the_bar_is_off_in_a_log_and_on_in_a_terminal(monkeypatch):
+    from lm_lightning.callbacks import progress
+
+    for terminal in (False, True):
+        monkeypatch.setattr(progress, "stdout_is_terminal", lambda terminal=terminal: terminal)
+        bar = progress.ProgressBar()
+        bar.setup(SimpleNamespace(is_global_zero=True), None, "fit")
+        assert bar.is_disabled is (not terminal)
+
+
 def test_progress_bar_counts_one_unit():
     """Position and total in optimizer steps (it read `1060/200` with accumulation)."""
     from lm_lightning.callbacks.progress import ProgressBar

@@ -28,6 +28,12 @@ class ProgressBar(RichProgressBar):
     def __init__(self, refresh_rate: int = 10, leave: bool = True) -> None:
         super().__init__(refresh_rate=refresh_rate, leave=leave, theme=RichProgressBarTheme(metrics_format=".4g"))
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        # A bar is for terminals: a log file or pipe gets PlainProgress's lines, not the bar's frames.
+        if not stdout_is_terminal():
+            self.disable()
+        super().setup(trainer, pl_module, stage)
+
     # The bar counts optimizer steps, its position and its total alike (Lightning's counts
     # micro-batches against a total that, with accumulation, was optimizer steps: `1060/200`).
     def _step_bounded(self) -> bool:
