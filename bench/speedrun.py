@@ -94,7 +94,7 @@ SWITCHES = {
                                                       ["data.seq_warmup_steps=0"], False),
     "Muon momentum warmup 0.85->0.95 over 100 steps": (["optimizer.muon_momentum_warmup_steps=100",
                                                         "optimizer.muon_momentum_start=0.85"],
-                                                       ["optimizer.muon_momentum_warmup_steps=0"], False),
+                                                       ["optimizer.muon_momentum_warmup_steps=0"], True),
 }
 
 
