@@ -25,8 +25,9 @@ _TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 def gpt2_shape_problems(cfg: ModelConfig) -> list[str]:
     """Why a config is not GPT-2's shape (empty when it is)."""
     want = {"pos_emb": "learned", "norm": "layernorm", "mlp": "gelu", "bias": True, "tie_weights": True,
-            "n_kv_head": cfg.n_head, "qk_norm": False, "logit_softcap": None, "value_embeds": 0, "unet_skips": False}
-    return [f"model.{k}={getattr(cfg, k)!r} (GPT-2 has {v!r})" for k, v in want.items() if getattr(cfg, k) != v]
+            "qk_norm": False, "logit_softcap": None, "value_embeds": 0, "unet_skips": False}
+    gqa = [f"model.n_kv_head={cfg.n_kv_head} (GPT-2 has n_head={cfg.n_head})"] if cfg.n_kv_head != cfg.n_head else []
+    return gqa + [f"model.{k}={getattr(cfg, k)!r} (GPT-2 has {v!r})" for k, v in want.items() if getattr(cfg, k) != v]
 
 
 def hf_config(cfg: ModelConfig):
