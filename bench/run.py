@@ -292,7 +292,7 @@ def _to_target(r: dict) -> tuple[str, str, str]:
 
 
 def render_recipe(rec: dict) -> list[str]:
-    from bench.speedrun import BASELINE_LR, SEEDS, STEPS, TARGET, VAL_EVERY
+    from bench.speedrun import BASELINE_LR, BASELINE_LR_TUNING, SEEDS, STEPS, TARGET, VAL_EVERY
 
     out = ["## 2b. The 2026 recipe, piece by piece", "",
            f"`experiment=shakespeare_char_speedrun` with pieces switched off, same model (4 x 128, RoPE), data and "
@@ -305,7 +305,8 @@ def render_recipe(rec: dict) -> list[str]:
            "it. On tiny-shakespeare a run stops at that validation (`bench.timing.StopAtLoss`), so its val loss is "
            "the first at or below the target and its wall time ends there. The baseline is AdamW on all parameters, "
            "warmup-cosine, GELU, no QK-norm or softcap, at the experiment's lr; `baseline, tuned lr` at "
-           f"{BASELINE_LR:g}. ms/iter includes the validations every {VAL_EVERY} steps.", ""]
+           f"{BASELINE_LR:g}, the best of the lrs tried ({BASELINE_LR_TUNING}). ms/iter includes the validations "
+           f"every {VAL_EVERY} steps.", ""]
     if "shakespeare" in rec:
         out += ["**tiny-shakespeare** (`bench/ablation_shakespeare.png`: val loss against wall time)", "",
                 f"| variant | steps to {TARGET} | tokens to {TARGET} | s to {TARGET} | reached | val loss at stop | "
