@@ -224,11 +224,16 @@ class WarmupCosine:
     def __call__(self, step: int) -> float:
         if getattr(self, "refit", None) is not None and step >= self.refit[0]:
             return self._refitted(step)
-        if step < self.warmup_steps:
+        if step < self.warmup_steps:  # the one warmup of every schedule here
             return (step + 1) / (self.warmup_steps + 1)
-        decay_steps = max(1, self.total_steps - self.warmup_steps)
-        progress = min(1.0, (step - self.warmup_steps) / decay_steps)
-        return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.after_warmup(step)
+
+    def _progress(self, step: int) -> float:
+        """How far into the decay (0..1) ``step`` is, the decay running from warmup to the end."""
+        return min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+
+    def after_warmup(self, step: int) -> float:
+        return self.floor + (1.0 - self.floor) * self.left(self._progress(step))
 
     # -- a new horizon for a resumed run ----------------------------------------------------
     def left(self, progress: float) -> float:
@@ -266,21 +271,15 @@ class WarmupLinear(WarmupCosine):
     def left(self, progress: float) -> float:
         return 1.0 - progress
 
-    def __call__(self, step: int) -> float:
-        if getattr(self, "refit", None) is not None and step >= self.refit[0]:
-            return self._refitted(step)
-        if step < self.warmup_steps:
-            return (step + 1) / (self.warmup_steps + 1)
-        decay_steps = max(1, self.total_steps - self.warmup_steps)
-        progress = min(1.0, (step - self.warmup_steps) / decay_steps)
-        return 1.0 - (1.0 - self.floor) * progress
+    def after_warmup(self, step: int) -> float:
+        return 1.0 - (1.0 - self.floor) * self._progress(step)
 
 
 class WarmupConstant(WarmupCosine):
     """Linear warmup to 1, then constant."""
 
-    def __call__(self, step: int) -> float:
-        return (step + 1) / (self.warmup_steps + 1) if step < self.warmup_steps else 1.0
+    def after_warmup(self, step: int) -> float:
+        return 1.0
 
     def _stable_at(self, step: int, total_steps: int) -> bool:
         return True  # nothing decays: only the end moves
@@ -313,11 +312,7 @@ class WarmupStableDecay(WarmupCosine):
     def decay_start(self) -> int:
         return max(self.warmup_steps, self.total_steps - round(self.decay_fraction * self.total_steps))
 
-    def __call__(self, step: int) -> float:
-        if getattr(self, "refit", None) is not None and step >= self.refit[0]:
-            return self._refitted(step)
-        if step < self.warmup_steps:
-            return (step + 1) / (self.warmup_steps + 1)
+    def after_warmup(self, step: int) -> float:
         start = self.decay_start
         if step < start:
             return 1.0
