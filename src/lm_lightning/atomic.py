@@ -23,8 +23,13 @@ def fsync_replace(tmp: Path, final: Path) -> None:
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Flush a directory's entries (a rename into it) to disk."""
     try:
-        dir_fd = os.open(final.parent, os.O_RDONLY)
+        dir_fd = os.open(directory, os.O_RDONLY)
     except OSError:  # some filesystems do not allow opening directories
         return
     try:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Checkpoint
 
-from lm_lightning.atomic import fsync_replace, link_or_copy, tmp_path
+from lm_lightning.atomic import fsync_dir, fsync_replace, link_or_copy, tmp_path
 from lm_lightning.metrics import current_metrics
 
 log = logging.getLogger("lm_lightning")
@@ -340,18 +340,7 @@ def _fsync_tree(directory: Path) -> None:
         if f.is_file():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(directory)
 
 
 def commit_dir(tmp: Path, final: Path) -> None:
@@ -365,7 +354,7 @@ def commit_dir(tmp: Path, final: Path) -> None:
         remove_checkpoint(old)
         os.replace(final, old)
     os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     if old is not None:
         remove_checkpoint(old)
 
@@ -387,7 +376,7 @@ def alias(src: Path, dst: Path) -> None:
     remove_checkpoint(tmp)
     os.symlink(os.path.relpath(src, dst.parent), tmp)
     os.replace(tmp, dst)
-    _fsync_dir(dst.parent)
+    fsync_dir(dst.parent)
 
 
 def full_model_state(pl_module: pl.LightningModule) -> dict[str, torch.Tensor]:
