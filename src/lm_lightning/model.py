@@ -8,6 +8,7 @@ Nothing here knows about Lightning, Hydra or tasks: the LightningModule wraps
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -17,6 +18,10 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from lm_lightning.model_skips import UNetSkips, ValueEmbeddings
+
+# A parameter of transformer block i is named "...h.<i>...." (GPT.h is the ModuleList of blocks):
+# the one place that knows it, for layer-wise lr decay, freezing and Muon's parameter choice.
+BLOCK_PARAM = re.compile(r"(?:^|\.)h\.(\d+)\.")
 
 
 @dataclass

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
+from lm_lightning.model import BLOCK_PARAM as BLOCK
 from lm_lightning.muon_ns import NS_DTYPES, Muon
-from lm_lightning.optim import _BLOCK as BLOCK
 
 ADJUST_LR_FNS = ("original", "match_rms_adamw")
 

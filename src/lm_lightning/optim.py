@@ -19,9 +19,9 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 from lm_lightning.lookahead import Lookahead
+from lm_lightning.model import BLOCK_PARAM
 
 TECHNIQUE_KEYS = ("lookahead", "layer_decay", "freeze_embeddings", "freeze_layers")
-_BLOCK = re.compile(r"(?:^|\.)h\.(\d+)\.")
 _EMBEDDING = re.compile(r"(?:^|\.)(wte|wpe)\.")
 
 
@@ -32,14 +32,14 @@ def layer_id(name: str, n_layer: int) -> int:
     """
     if _EMBEDDING.search(name):
         return 0
-    m = _BLOCK.search(name)
+    m = BLOCK_PARAM.search(name)
     if m:
         return int(m.group(1)) + 1
     return n_layer + 1
 
 
 def _n_layer(model: torch.nn.Module) -> int:
-    ids = [int(m.group(1)) for n, _ in model.named_parameters() if (m := _BLOCK.search(n))]
+    ids = [int(m.group(1)) for n, _ in model.named_parameters() if (m := BLOCK_PARAM.search(n))]
     return max(ids) + 1 if ids else 0
 
 
