@@ -39,11 +39,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from lm_lightning.data.tokenizers import EOT_TEXT as EOT
 from lm_lightning.errors import UserError
 
 # llama.cpp's token types (gguf.TokenType), written as plain ints so that this module needs no gguf.
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
-EOT = "<|endoftext|>"
 
 
 @dataclass

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from lm_lightning.data.tokenizers import EOT_TEXT as EOT
+
 # Named as the char tokenizer's unknown token but never added to the vocabulary: ids stay the
 # corpus's characters, as in CharTokenizer, and an unknown character fails to encode.
 CHAR_UNK = "<unk>"
-EOT = "<|endoftext|>"
 
 
 def byte_alphabet() -> list[str]:

@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from lm_lightning.data.tokenizers import EOT_TEXT
 from lm_lightning.errors import UserError
 
-EOT_TEXT = "<|endoftext|>"
 DOCUMENT_KINDS = ("rows", "wikitext")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 

@@ -31,7 +31,8 @@ from lm_lightning.errors import UserError
 KINDS = ("char", "byte", "bpe", "gpt2", "hf")
 # GPT-2's vocabulary: 50,000 merges + 256 bytes + <|endoftext|>.
 GPT2_VOCAB_SIZE = 50257
-GPT2_EOT = "<|endoftext|>"
+# The end-of-text token of GPT-2 and of the BPE tokenizers trained here: the one spelling of it.
+EOT_TEXT = "<|endoftext|>"
 
 
 class CharTokenizer:
@@ -68,7 +69,7 @@ class CharTokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         n = len(self.chars)
-        return "".join(self.chars[i] if i < n else GPT2_EOT for i in ids if 0 <= i < self.vocab_size)
+        return "".join(self.chars[i] if i < n else EOT_TEXT for i in ids if 0 <= i < self.vocab_size)
 
     def spec(self) -> dict[str, Any]:
         return {"kind": "char", "chars": self.chars, **({"eot": True} if self.eot_id is not None else {})}
@@ -98,7 +99,7 @@ class ByteTokenizer:
                 run = []
             else:
                 run.append(i)
-        return GPT2_EOT.join(out)
+        return EOT_TEXT.join(out)
 
     def spec(self) -> dict[str, Any]:
         return {"kind": "byte", **({"eot": True} if self.eot_id is not None else {})}
@@ -153,12 +154,12 @@ def from_spec(spec: dict[str, Any] | None) -> CharTokenizer | ByteTokenizer | HF
     if kind == "bpe":
         from tokenizers import Tokenizer
 
-        return HFTokenizer("bpe", Tokenizer.from_str(spec["json"]), eot=BPE_EOT)
+        return HFTokenizer("bpe", Tokenizer.from_str(spec["json"]), eot=EOT_TEXT)
     if kind == "gpt2":
         if spec.get("json"):
             from tokenizers import Tokenizer
 
-            return HFTokenizer("gpt2", Tokenizer.from_str(spec["json"]), name=spec.get("name"), eot=GPT2_EOT)
+            return HFTokenizer("gpt2", Tokenizer.from_str(spec["json"]), name=spec.get("name"), eot=EOT_TEXT)
         return load_gpt2(spec.get("name") or "gpt2")
     if kind == "hf":
         from tokenizers import Tokenizer
@@ -191,10 +192,9 @@ def load_gpt2(name: str = "gpt2") -> HFTokenizer:
     backend = getattr(hf, "backend_tokenizer", None) or getattr(hf, "_tokenizer", None)
     if backend is None:
         raise UserError(f"tokenizer {name!r} has no fast (tokenizers) backend")
-    return HFTokenizer("gpt2", backend, name=name, eot=GPT2_EOT)
+    return HFTokenizer("gpt2", backend, name=name, eot=EOT_TEXT)
 
 
-BPE_EOT = "<|endoftext|>"
 HF_SPECIAL = ("bos_token", "eos_token", "unk_token", "pad_token")
 
 
@@ -228,12 +228,12 @@ def train_bpe(texts: Iterator[str], vocab_size: int, min_frequency: int = 2) -> 
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=[BPE_EOT],
+        special_tokens=[EOT_TEXT],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    return HFTokenizer("bpe", tok, eot=BPE_EOT)
+    return HFTokenizer("bpe", tok, eot=EOT_TEXT)
 
 
 def load_bpe_file(path: str | Path) -> HFTokenizer:
@@ -243,7 +243,7 @@ def load_bpe_file(path: str | Path) -> HFTokenizer:
     if not p.is_file():
         raise UserError(f"tokenizer file not found: {p}")
     try:
-        return HFTokenizer("bpe", Tokenizer.from_file(str(p)), eot=BPE_EOT)
+        return HFTokenizer("bpe", Tokenizer.from_file(str(p)), eot=EOT_TEXT)
     except Exception as exc:
         raise UserError(f"cannot read tokenizer file {p}: {exc}") from exc
 
