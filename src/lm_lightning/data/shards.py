@@ -99,23 +99,24 @@ def encode(tok: Any, texts: list[str], ends: list[bool], eot: int, dtype: np.dty
 _worker: dict[str, Any] = {}
 
 
-def _init_worker(spec: dict[str, Any], eot: int, dtype: str, threads: int) -> None:
+def _init_worker(spec: dict[str, Any], eot: int, dtype: str, threads: int, parent: int) -> None:
     import threading
 
     # The Rust tokenizer's own thread pool: the cores shared among the workers, not each taking all.
     os.environ["RAYON_NUM_THREADS"] = str(threads)
     from lm_lightning.data.tokenizers import from_spec
 
-    _worker.update(tok=from_spec(spec), eot=eot, dtype=np.dtype(dtype))
-    parent = os.getppid()
-
+    # ``parent`` is the main process's pid as it gave it: read here with os.getppid(), a main
+    # process that died while this worker was still starting would already be gone, and the
+    # worker would watch its new parent and linger forever (holding the caller's pipes open).
     def watch() -> None:  # the main process was killed (kill -9): do not linger as an orphan
         while True:
-            time.sleep(0.5)
             if os.getppid() != parent:
                 os._exit(1)
+            time.sleep(0.5)
 
     threading.Thread(target=watch, daemon=True).start()
+    _worker.update(tok=from_spec(spec), eot=eot, dtype=np.dtype(dtype))
 
 
 def _encode_in_worker(item: tuple[list[str], list[bool]]) -> tuple[np.ndarray, np.ndarray]:
@@ -335,7 +336,7 @@ def write_shards(corpus: Any, tok: Any, out: Path, plan: dict[str, Any], workers
 
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                                      initargs=(tok.spec(), eot, dtype.name,
-                                               max(1, (os.cpu_count() or 1) // workers))) as pool:
+                                               max(1, (os.cpu_count() or 1) // workers), os.getpid())) as pool:
                 pending: deque = deque()
                 for b, item in todo():
                     pending.append((b, pool.submit(_encode_in_worker, item)))
