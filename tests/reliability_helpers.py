@@ -129,3 +129,35 @@ def finish(proc: subprocess.Popen, seen: list[str], timeout: float = 120.0) -> i
     seen.append(out or "")
     return proc.returncode
 
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the group ``pgid`` is still alive."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def signal_and_reap(proc, signum: int, whole_group: bool, timeout: float, grace_s: float) -> str:
+    """Send ``signum`` to the run (its main process, or its whole process group: the run was
+    started with start_new_session=True), collect its output, and assert that every process of
+    the group (data-loader workers, other ranks) is gone within ``grace_s``; SIGKILL leftovers."""
+    import signal
+    import time
+
+    try:
+        if whole_group:
+            os.killpg(proc.pid, signum)  # the session leader's pid is the group id
+        else:
+            proc.send_signal(signum)
+        out, _ = proc.communicate(timeout=timeout)
+        deadline = time.time() + grace_s
+        while group_alive(proc.pid) and time.time() < deadline:
+            time.sleep(0.5)
+        assert not group_alive(proc.pid), "a process of the group survived the signal"
+    finally:
+        if group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+    return out

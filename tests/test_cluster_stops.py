@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from reliability_helpers import group_alive, signal_and_reap
 from torch.utils.data import IterableDataset
 
 from lm_lightning import runlock
@@ -234,27 +235,9 @@ def _wait_for_steps(proc: subprocess.Popen, steps_file: Path, n: int) -> None:
         time.sleep(0.2)
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _term_group_and_wait(proc: subprocess.Popen) -> str:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)  # the session leader's pid is the group id
-        out, _ = proc.communicate(timeout=TIMEOUT)
-        for _ in range(120):  # every other process of the group (workers, rank 1) ends too
-            if not _group_alive(proc.pid):
-                break
-            time.sleep(0.5)
-        assert not _group_alive(proc.pid), "a process of the group survived SIGTERM"
-    finally:
-        if _group_alive(proc.pid):
-            os.killpg(proc.pid, signal.SIGKILL)
-    return out
+    # every other process of the group (workers, rank 1) ends too
+    return signal_and_reap(proc, signal.SIGTERM, whole_group=True, timeout=TIMEOUT, grace_s=60)
 
 
 def _assert_stopped_at_current_step(run: Path, steps_file: Path, out: str) -> dict:
@@ -364,7 +347,7 @@ def test_two_node_torchrun_on_localhost(tmp_path, kind):
             outs.append(p.communicate(timeout=TIMEOUT)[0])
     finally:
         for p in procs:
-            if _group_alive(p.pid):
+            if group_alive(p.pid):
                 os.killpg(p.pid, signal.SIGKILL)
     assert [p.returncode for p in procs] == [0, 0], "\n\n".join(o[-3000:] for o in outs)
     summary = json.loads((runs_root / "mn" / "summary.json").read_text())

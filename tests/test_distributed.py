@@ -20,6 +20,7 @@ import pytest
 import torch
 from conftest import ROOT, compose, run_train
 from omegaconf import OmegaConf
+from reliability_helpers import signal_and_reap
 
 from lm_lightning.data.collatz import CollatzDataModule, CollatzStream
 from lm_lightning.distributed import (
@@ -377,14 +378,6 @@ def test_ddp_run_resumes(tmp_path):
         assert counts == {"rounds": 2, "micro_batches": 4}, (rank, counts)
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not _has_reliability(), reason=(
     "SIGTERM handling lands with the reliability branch; Lightning 2.6's own handler calls "
@@ -406,15 +399,8 @@ def test_ddp_sigterm_ends_every_rank(tmp_path):
         while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) > 3):
             assert proc.poll() is None, "the run ended before it was signalled"
             time.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=120)
-        for _ in range(60):  # rank 1 may outlive rank 0 by a moment, not more
-            if not _group_alive(proc.pid):
-                break
-            time.sleep(0.5)
-        assert not _group_alive(proc.pid), "a rank survived SIGTERM to the run"
     finally:
-        if _group_alive(proc.pid):
-            os.killpg(proc.pid, signal.SIGKILL)
+        # rank 1 may outlive rank 0 by a moment, not more
+        out = signal_and_reap(proc, signal.SIGTERM, whole_group=False, timeout=120, grace_s=30)
     assert proc.returncode == 143, out[-3000:]
     assert any((run / "checkpoints").glob("*.ckpt")), "SIGTERM must leave a checkpoint"
