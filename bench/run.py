@@ -249,11 +249,13 @@ def render(cpu: dict, gpu: dict | None, have_gpu: bool) -> str:
 def render_shakespeare(s: dict) -> list[str]:
     n = s["nanogpt"]
     pairs = s.get("pairs")
+    source = s.get("table_source")  # the table from an older invocation than the pairs below it
     out = ["## 2. nanoGPT's CPU recipe beside ours (tiny-shakespeare)", "",
-           "nanoGPT (karpathy/nanoGPT 3adf61e, MIT, `../shared/anchors/nanogpt`) ran its README's CPU recipe from a "
+           (f"The table is from {source}. " if source else "")
+           + "nanoGPT (karpathy/nanoGPT 3adf61e, MIT, `../shared/anchors/nanogpt`) ran its README's CPU recipe from a "
            "temporary copy in this same invocation (`bench/nanogpt.py`)"
            + (f", {len(pairs['pairs'])} times, each run followed at once by `experiment=shakespeare_char_speedrun`; "
-              "the nanoGPT and speedrun rows are the medians of those runs" if pairs else ", just before ours")
+              "the nanoGPT and speedrun rows are the medians of those runs" if pairs and not source else ", just before ours")
            + ". Both sides are timed the "
            "same way: whole-run wall time of the process (start-up, every iteration and every evaluation), and the "
            "median time per training iteration leaving out iterations that evaluate (nanoGPT: its logged `time` of "
@@ -271,7 +273,7 @@ def render_shakespeare(s: dict) -> list[str]:
                    f"{r['wall_s']:.0f} | **{r['wall_s'] / n['wall_s']:.2f}** |")
     if pairs:
         out += ["", "Back to back, nanoGPT then the speedrun, in the order they ran (the spread; the ratio is taken "
-                "pair by pair):", "",
+                "pair by pair)" + (f"; {pairs['note']}" if pairs.get("note") else "") + ":", "",
                 "| pair | nanoGPT wall s | nanoGPT val | speedrun wall s | speedrun start-up s | speedrun val (20 batches) "
                 "| speedrun val (whole split) | ratio |", "|---|---|---|---|---|---|---|---|"]
         for i, p in enumerate(pairs["pairs"], 1):
@@ -308,9 +310,13 @@ def render_recipe(rec: dict) -> list[str]:
            f"{BASELINE_LR:g}, the best of the lrs tried ({BASELINE_LR_TUNING}). ms/iter includes the validations "
            f"every {VAL_EVERY} steps.", ""]
     if "shakespeare" in rec:
-        out += ["**tiny-shakespeare** (`bench/ablation_shakespeare.png`: val loss against wall time)", "",
-                f"| variant | steps to {TARGET} | tokens to {TARGET} | s to {TARGET} | reached | val loss at stop | "
-                "ms/iter | wall s |", "|---|---|---|---|---|---|---|---|"]
+        source = rec.get("shakespeare_source")  # older figures that ran every step (no stop at the target)
+        out += ["**tiny-shakespeare** (`bench/ablation_shakespeare.png`: val loss against wall time)"
+                + (f"; these rows are from {source}, steps and tokens to the target read off their stored curves"
+                   if source else ""), "",
+                f"| variant | steps to {TARGET} | tokens to {TARGET} | s to {TARGET} | reached | "
+                f"{'val loss at the end' if source else 'val loss at stop'} | ms/iter | wall s |",
+                "|---|---|---|---|---|---|---|---|"]
         for r in rec["shakespeare"]:
             steps, tokens, t = _to_target(r)
             out.append(f"| {r['variant']} | {steps} | {tokens} | {t} | {r['reached']} | {r['val_loss']:.4f} | "
@@ -332,6 +338,17 @@ def render_recipe(rec: dict) -> list[str]:
             steps, tokens, t = _to_target(r)
             out.append(f"| {r['variant']} | {steps} | {tokens} | {t} | {r['reached']} | {r['val_loss']:.4f} | "
                        f"{r['ms_per_iter']:.1f} | {r['wall_s']:.0f} |")
+        out.append("")
+    if "switches_explore" in rec:
+        out += ["**Choosing the switches** (runs that picked what the recipe turned on: the recipe at its own 375 "
+                "steps, validating every 25, each switch on top; one thread (`OMP_NUM_THREADS=1`) while the machine "
+                "was shared, so only the machine-independent figures are given):", "",
+                f"| variant | seeds | val loss at the end (per seed: 1337, 2024) | steps to {TARGET} | tokens to {TARGET} "
+                "| reached |", "|---|---|---|---|---|---|"]
+        for r in rec["switches_explore"]:
+            steps, tokens, _ = _to_target(r)
+            out.append(f"| {r['variant']} | {r['seeds']} | {', '.join(f'{v:.4f}' for v in r['vals'])} | {steps} | "
+                       f"{tokens} | {r['reached']} |")
         out.append("")
     if "wikitext2" in rec:
         import math
