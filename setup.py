@@ -1,7 +1,7 @@
 """The one packaging rule pyproject.toml cannot express: the top-level conf/ directory (next to
 src/, where Hydra users expect it) ships inside the package as ``lm_lightning/conf``, every
 subdirectory and every ``_*.yaml`` included, so a non-editable ``pip install .`` has its
-configs. Everything else is in pyproject.toml. train.find_conf_dir() picks the checkout's
+configs. Everything else is in pyproject.toml. config.location.find_conf_dir() picks the checkout's
 conf/ in a development (editable) install and this copy otherwise.
 """
 
