@@ -1,8 +1,7 @@
-"""Collatz (3x+1) trajectories: an exact pure-Python reference and a vectorized numpy engine.
+"""The vectorized Collatz engine: :func:`parity_batch`, the same output as
+:func:`~lm_lightning.collatz.reference.reference_batch` for a whole batch at once.
 
-Used inside DataLoader workers and by a CLI, so only stdlib + numpy are imported.
-
-The vectorized engine (parity_batch) runs the shortcut map T(x) = (3x+1)/2 (x odd) | x/2 (even);
+The engine runs the shortcut map T(x) = (3x+1)/2 (x odd) | x/2 (even);
 an odd T-step is the two standard steps '1', '0'.  For x = q*2^s + b with b < 2^s,
 T^s(x) = 3^a(b) * q + T^s(b) (a = number of odd steps), so tables over b advance the whole
 batch by a block of up to K = 16 T-steps (~26 standard steps) per round of numpy calls.
@@ -19,124 +18,18 @@ so anomalies are reported, never truncated or dropped.
 """
 from __future__ import annotations
 
-import json
-import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from functools import cache
 
 import numpy as np
 
-BIT0, BIT1, BOS, PAD = 0, 1, 2, 3
-VOCAB_SIZE = 4
-ANOMALY_NONE, ANOMALY_STEP_CAP, ANOMALY_CYCLE = 0, 1, 2
-ANOMALY_NAMES = {ANOMALY_NONE: "none", ANOMALY_STEP_CAP: "step_cap", ANOMALY_CYCLE: "cycle"}
-# Starts of total-stopping-time (delay) records, OEIS A006877; used for "hard" samples.
-DELAY_RECORDS = (27, 97, 871, 6171, 77031, 837799, 8400511, 63728127, 670617279,
-                 9780657630, 75128138247)
-
-
-@dataclass(frozen=True)
-class CollatzResult:
-    n: int
-    total_stopping_time: int  # steps to reach 1 (steps done, if anomalous)
-    stopping_time: int        # first i >= 1 with x_i < n; -1 if never (anomalous only)
-    max_value: int
-    parity_vector: str        # x_i mod 2 for i < total_stopping_time, as '0'/'1'
-    anomaly: int = ANOMALY_NONE
-
-    def to_json(self) -> dict:
-        d = {"n": self.n, "total_stopping_time": self.total_stopping_time,
-             "stopping_time": self.stopping_time, "max_value": self.max_value,
-             "parity_vector": self.parity_vector}
-        if self.anomaly != ANOMALY_NONE:
-            d["anomaly"] = ANOMALY_NAMES[self.anomaly]
-        return d
-
-
-def collatz_step(x: int) -> int:
-    return 3 * x + 1 if x & 1 else x >> 1
-
-
-def _check_n(n) -> int:
-    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
-        raise ValueError(f"expected an integer, got {n!r}")
-    if n < 2:
-        raise ValueError(f"n must be >= 2, got {n}")
-    return int(n)
-
-
-def _walk(n: int, max_steps: int, step_fn, exact_cycles: bool):
-    """One trajectory, one big-int step at a time.  Cycle check: with exact_cycles=False a
-    Brent checkpoint (the value saved at the last power-of-two step) costs one comparison per
-    step and catches any cycle within 2x its entry + length; it then returns None and the
-    caller replays with exact_cycles=True, which keeps every value to stop at the first revisit."""
-    x, steps, sigma, mx, bits = n, 0, -1, n, []
-    anomaly, seen, saved, save_at = ANOMALY_NONE, set(), None, 1
-    while x != 1:
-        if steps >= max_steps:
-            anomaly = ANOMALY_STEP_CAP
-            break
-        if exact_cycles:
-            if x in seen:
-                anomaly = ANOMALY_CYCLE
-                break
-            seen.add(x)
-        elif x == saved:
-            return None
-        elif steps == save_at:
-            saved, save_at = x, 2 * save_at
-        bits.append("1" if x & 1 else "0")
-        x = step_fn(x)
-        steps += 1
-        if x > mx:
-            mx = x
-        if sigma < 0 and x < n:
-            sigma = steps
-    return CollatzResult(n, steps, sigma, mx, "".join(bits), anomaly)
-
-
-def reference(n: int, max_steps: int = 100_000,
-              step_fn: Callable[[int], int] = collatz_step) -> CollatzResult:
-    """Ground truth, a plain per-number loop.  `step_fn` is injectable so the cycle detection
-    can be tested on maps that do have non-trivial cycles (e.g. 3x-1: 5, 14, 7, 20, 10)."""
-    n = _check_n(n)
-    return _walk(n, max_steps, step_fn, False) or _walk(n, max_steps, step_fn, True)
-
-
-@dataclass
-class ParityBatch:
-    bits: np.ndarray                 # uint8 (B, max_len), zero after `lengths`
-    lengths: np.ndarray              # int64 (B,) min(total_stopping_time, max_len)
-    total_stopping_time: np.ndarray  # int64 (B,)
-    stopping_time: np.ndarray        # int64 (B,) -1 if undefined (anomalous)
-    truncated: np.ndarray            # bool (B,) total_stopping_time > max_len
-    anomaly: np.ndarray              # int8 (B,)
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-
-def _make_batch(bits, tst, sigma, anomaly, max_len) -> ParityBatch:
-    return ParityBatch(bits, np.minimum(tst, max_len), tst, sigma, tst > max_len, anomaly)
-
-
-def _fill_from_reference(r: CollatzResult, i, bits, tst, sigma, anomaly, max_len):
-    pv = np.frombuffer(r.parity_vector[:max_len].encode(), np.uint8) - ord("0")
-    bits[i, :] = 0
-    bits[i, :len(pv)] = pv
-    tst[i], sigma[i], anomaly[i] = r.total_stopping_time, r.stopping_time, r.anomaly
-
-
-def reference_batch(ns: Sequence[int], max_len: int, max_steps: int = 100_000) -> ParityBatch:
-    """The slow baseline: same output as parity_batch, built number by number."""
-    B = len(ns)
-    bits, tst = np.zeros((B, max_len), np.uint8), np.zeros(B, np.int64)
-    sigma, anomaly = np.zeros(B, np.int64), np.zeros(B, np.int8)
-    for i, n in enumerate(ns):
-        _fill_from_reference(reference(n, max_steps), i, bits, tst, sigma, anomaly, max_len)
-    return _make_batch(bits, tst, sigma, anomaly, max_len)
-
+from lm_lightning.collatz.reference import (
+    ParityBatch,
+    _check_n,
+    _fill_from_reference,
+    _make_batch,
+    reference,
+)
 
 _K = 16        # block size in T-steps: a limb (< 2^34) times 3^16 stays below 2^63 (int64)
 _EPS = 1e-9    # relative error budget of the float sigma estimate (actual error < 1e-14)
@@ -356,107 +249,3 @@ def parity_batch(ns: Sequence[int], max_len: int, max_steps: int = 100_000) -> P
     for r, res in exact_rows.items():
         _fill_from_reference(res, r, bits, tst, sigma, anomaly, max_len)
     return _make_batch(bits, tst, sigma, anomaly, max_len)
-
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _mix64(z):
-    """splitmix64 finalizer on a uint64 array (wrapping arithmetic)."""
-    z = z ^ (z >> np.uint64(30))
-    z = z * np.uint64(0xBF58476D1CE4E5B9)
-    z = z ^ (z >> np.uint64(27))
-    z = z * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-def _words(seed: int, idx: np.ndarray, count: int) -> np.ndarray:
-    """(len(idx), count) random uint64 words, each a pure function of (seed, index, word)."""
-    with np.errstate(over="ignore"):
-        key = _mix64(np.array([seed % 2 ** 64], np.uint64) ^ np.uint64(0x5EED5EED5EED5EED))
-        per = _mix64(key + (idx + np.uint64(1)) * _GOLDEN)                # (N,)
-        j = np.arange(1, count + 1, dtype=np.uint64)
-        return _mix64(per[:, None] + j[None, :] * _GOLDEN)               # (N, count)
-
-
-def sample_numbers(seed: int, indices, *, hard_fraction: float = 0.5,
-                   normal_start: int = 2 ** 20, hard_bits: tuple = (69, 100)) -> list:
-    """Sample i of the stream is a pure function of (seed, i) and the keyword settings, so any
-    split of the indices over workers/ranks/batches reproduces the same stream.
-    Normal: n = normal_start + i (disjoint index sets give distinct n).  Hard (with probability
-    hard_fraction): 75% random n with bit length uniform in hard_bits, 25% special patterns
-    2^k - 1, 2^k + 1, delay record * 2^j; all have bit length in hard_bits when possible."""
-    lo, hi = hard_bits
-    if not (2 <= lo <= hi) or not 0.0 <= hard_fraction <= 1.0 or normal_start < 2:
-        raise ValueError("need 2 <= hard_bits[0] <= hard_bits[1], 0 <= hard_fraction <= 1, "
-                         "normal_start >= 2")
-    idx_list = list(map(int, indices))
-    if idx_list and min(idx_list) < 0:
-        raise ValueError("indices must be >= 0")
-    span, records = hi - lo + 1, [r for r in DELAY_RECORDS if r.bit_length() <= hi]
-    nr = -(-hi // 64)                                                  # random words per n
-    w = _words(seed, np.array(idx_list, np.uint64), 5 + nr)           # (N, 5 + nr)
-    u = (w[:, :2] >> np.uint64(11)).astype(np.float64) * 2.0 ** -53   # (N, 2) in [0, 1)
-    # Random n, built in numpy: keep bl - 1 random low bits, set bit bl - 1.
-    top = (lo + w[:, 3] % np.uint64(span)).astype(np.int64) - 1       # (N,) top bit index
-    keep = np.clip(top[:, None] - 64 * np.arange(nr), 0, 64)          # (N, nr) bits kept
-    rnd = w[:, 5:] & np.where(keep == 64, ~np.uint64(0),
-                              (np.uint64(1) << np.minimum(keep, 63).astype(np.uint64)) - np.uint64(1))
-    rnd[np.arange(len(w)), top // 64] |= np.uint64(1) << (top % 64).astype(np.uint64)
-    raw, size = rnd.astype("<u8").tobytes(), 8 * nr
-    out = []
-    for k, (i, hard, special, kind, p1, p2) in enumerate(zip(
-            idx_list, (u[:, 0] < hard_fraction).tolist(), (u[:, 1] < 0.25).tolist(),
-            (w[:, 2] % np.uint64(3)).tolist(), w[:, 3].tolist(), w[:, 4].tolist())):
-        if not hard:
-            out.append(normal_start + i)
-        elif special and kind == 0:
-            out.append((1 << (lo + p1 % span)) - 1)
-        elif special and kind == 1:
-            out.append((1 << (lo - 1 + p1 % span)) + 1)
-        elif special and records:
-            rec = records[p1 % len(records)]
-            jlo = max(0, lo - rec.bit_length())
-            out.append(rec << (jlo + p2 % (hi - rec.bit_length() - jlo + 1)))
-        else:
-            out.append(int.from_bytes(raw[k * size:(k + 1) * size], "little"))
-    return out
-
-
-def stream_batch(seed: int, batch_index: int, batch_size: int, **kw) -> list:
-    """Batch `batch_index` of the stream: samples batch_index*batch_size ... + batch_size - 1."""
-    start = batch_index * batch_size
-    return sample_numbers(seed, range(start, start + batch_size), **kw)
-
-
-def _parse_cli_number(arg: str) -> int:
-    try:
-        n = int(arg)
-    except ValueError:
-        raise ValueError(f"not an integer: {arg!r}") from None
-    if n < 2:
-        raise ValueError(f"N must be >= 2, got {n}")
-    return n
-
-
-def main(argv=None) -> int:
-    """`python -m lm_lightning.collatz N [N ...]`: one JSON object per number per line."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv in (["-h"], ["--help"]):
-        print("usage: python -m lm_lightning.collatz N [N ...]  (integers N >= 2); prints one "
-              "JSON object per N: n, total_stopping_time, stopping_time, max_value, parity_vector")
-        return 0
-    try:
-        if not argv:
-            raise ValueError("expected at least one integer N >= 2 (see --help)")
-        ns = [_parse_cli_number(a) for a in argv]
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for n in ns:
-        print(json.dumps(reference(n).to_json()))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The commands: one module per `python -m lm_lightning.X` command and `python train.py`."""
