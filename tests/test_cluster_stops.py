@@ -30,9 +30,9 @@ import torch
 from reliability_helpers import group_alive, signal_and_reap
 from torch.utils.data import IterableDataset
 
-from lm_lightning import runlock
 from lm_lightning.data.streams import Loader
 from lm_lightning.errors import UserError
+from lm_lightning.run import runlock
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -363,7 +363,7 @@ def test_submitit_local_sweep(tmp_path, monkeypatch):
     """`-m hydra/launcher=submitit_local`: each job in its own process and directory, finished."""
     from exp_helpers import run_main
 
-    from lm_lightning import runs
+    from lm_lightning.run import index as runs
 
     runs_root = tmp_path / "outputs"
     monkeypatch.setenv("PYTHONPATH", _env()["PYTHONPATH"])

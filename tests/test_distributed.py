@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from reliability_helpers import signal_and_reap
 
 from lm_lightning.data.collatz import CollatzDataModule, CollatzStream
-from lm_lightning.distributed import (
+from lm_lightning.run.distributed import (
     effective_batch_size,
     env_is_global_zero,
     external_world_size,
@@ -134,7 +134,7 @@ def test_distributed_presets_compose_and_instantiate():
     from hydra.utils import instantiate
     from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
-    from lm_lightning.distributed import build_bare_trainer
+    from lm_lightning.run.distributed import build_bare_trainer
     from lm_lightning.train import check
 
     ddp = compose(["trainer=ddp"])

@@ -255,7 +255,7 @@ def test_presets_and_refusals():
     from conftest import compose
     from hydra.utils import instantiate
 
-    from lm_lightning.distributed import build_bare_trainer, is_fsdp, is_fsdp1
+    from lm_lightning.run.distributed import build_bare_trainer, is_fsdp, is_fsdp1
     from lm_lightning.errors import UserError
     from lm_lightning.parallel import TP_REFUSAL, FSDP2Strategy
 

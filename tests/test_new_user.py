@@ -18,7 +18,7 @@ import pytest
 from exp_helpers import TINY
 from omegaconf import OmegaConf
 
-from lm_lightning import runs
+from lm_lightning.cli import runs
 from lm_lightning.known_warnings import LEAFSPEC_MESSAGE
 
 ROOT = Path(__file__).resolve().parents[1]

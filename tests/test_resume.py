@@ -11,7 +11,7 @@ import torch
 from reliability_helpers import compose, read_losses, train_run
 
 from lm_lightning.errors import UserError
-from lm_lightning.resume import candidates, plan_resume
+from lm_lightning.run.resume import candidates, plan_resume
 
 
 def _token_files() -> list[str]:

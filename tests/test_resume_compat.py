@@ -8,7 +8,7 @@ import torch
 
 from lm_lightning.errors import UserError
 from lm_lightning.model import ModelConfig
-from lm_lightning.resume import validate, with_new_defaults
+from lm_lightning.run.resume import validate, with_new_defaults
 
 
 def write(path, model: dict) -> None:

@@ -18,7 +18,8 @@ import torch
 from exp_helpers import ROOT, TINY, compose, run_main
 
 import lm_lightning
-from lm_lightning import runs
+from lm_lightning.cli.runs import main as runs_main
+from lm_lightning.run import index as runs
 
 SWEEP_ARGS = [*TINY, "experiment=collatz", "effective_batch_size=8", "trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.log_every_n_steps=1", "logger=csv"]
 
@@ -58,16 +59,16 @@ def test_config_hash_ignores_where_a_run_writes():
 def test_runs_cli_table_filters_and_plot(sweep, capsys):
     root, sweep_dir = sweep
     plot = root / "cmp.png"
-    assert runs.main(["--root", str(root), "--sweep", str(sweep_dir), "--plot", str(plot)]) == 0
+    assert runs_main(["--root", str(root), "--sweep", str(sweep_dir), "--plot", str(plot)]) == 0
     out = capsys.readouterr().out
     assert out.count("finished") == 2 and "UserError: optimizer.lr must be positive" in out
     assert "optimizer.lr=0.003" in out and "trainer=debug" not in out  # only what differs is shown
     assert plot.is_file() and plot.stat().st_size > 1000
-    assert runs.main(["--root", str(root), "--experiment", "collatz", "--status", "failed", "--no-plot"]) == 0
+    assert runs_main(["--root", str(root), "--experiment", "collatz", "--status", "failed", "--no-plot"]) == 0
     out = capsys.readouterr().out
     assert "1 runs" in out and "failed" in out and "finished" not in out
     with pytest.raises(SystemExit) as info:
-        runs.main(["--root", str(root), "--experiment", "no_such_experiment"])
+        runs_main(["--root", str(root), "--experiment", "no_such_experiment"])
     assert info.value.code == 2 and "no runs match" in capsys.readouterr().err
 
 

@@ -118,7 +118,7 @@ class LMModule(pl.LightningModule):
         Lightning calls this on every rank once the device mesh exists; lm_lightning/parallel.py
         is the one place that applies parallelism (model.py stays a plain module).
         """
-        from lm_lightning.distributed import is_fsdp
+        from lm_lightning.run.distributed import is_fsdp
 
         if self._trainer is None or not is_fsdp(self.trainer.strategy) or not hasattr(self.trainer.strategy, "device_mesh"):
             return
@@ -163,7 +163,7 @@ class LMModule(pl.LightningModule):
         """FSDP: every forward is a collective (each block's weights are all-gathered), so all
         ranks must run the same number of evaluation batches; one rank with an extra batch would
         wait forever. Checked on every rank together, so that all of them stop with the error."""
-        from lm_lightning.distributed import is_fsdp
+        from lm_lightning.run.distributed import is_fsdp
 
         if self._trainer is None or not is_fsdp(self.trainer.strategy) or self.trainer.world_size < 2:
             return
@@ -235,7 +235,7 @@ class LMModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:
             checkpoint["run_config"] = self.run_config
-        from lm_lightning.distributed import is_fsdp
+        from lm_lightning.run.distributed import is_fsdp
 
         if self._trainer is not None and self.trainer.optimizers and not is_fsdp(self.trainer.strategy):
             # torch numbers optimizer state by position; the names let an FSDP2 run (which keys
@@ -281,7 +281,7 @@ class LMModule(pl.LightningModule):
         # Lightning refuses to clip for fused optimizers because, under fp16 loss scaling, they
         # unscale inside step(). Without a scaler (bf16, fp32) the gradients are already true,
         # so clip them directly; fp16 runs never get a fused optimizer (configure_optimizers).
-        from lm_lightning.distributed import is_fsdp
+        from lm_lightning.run.distributed import is_fsdp
 
         sharded = getattr(self.trainer.strategy, "model", None)
         if gradient_clip_val and is_fsdp(self.trainer.strategy) and hasattr(sharded, "clip_grad_norm_"):
@@ -309,7 +309,7 @@ class LMModule(pl.LightningModule):
         precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
         # Not fused under fp16 loss scaling, nor under FSDP, whose gradients are shards: Lightning's
         # own clipping (FSDP's clip_grad_norm_) must run there, and it refuses fused optimizers.
-        from lm_lightning.distributed import is_fsdp
+        from lm_lightning.run.distributed import is_fsdp
 
         sharded = self._trainer is not None and is_fsdp(self.trainer.strategy)
         optimizer = build_optimizer(self.optimizer_factory, self, self.device,

@@ -20,7 +20,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lm_lightning.config.location import CONF_DIR, find_conf_dir  # noqa: F401 - train.CONF_DIR stays importable
-from lm_lightning.distributed import (
+from lm_lightning.run.distributed import (
     MULTIRUN_DDP_MESSAGE,
     build_bare_trainer,
     effective_batch_size,
@@ -31,7 +31,7 @@ from lm_lightning.distributed import (
 )
 from lm_lightning.errors import UserError, one_line, report_and_exit, user_errors
 from lm_lightning.known_warnings import silence_known_warnings
-from lm_lightning.summary import has_best, print_final_table, write_summary
+from lm_lightning.run.summary import has_best, print_final_table, write_summary
 
 log = logging.getLogger("lm_lightning")
 
@@ -247,9 +247,9 @@ def print_config(cfg: DictConfig) -> None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train one run from a composed config; returns the summary (also written to summary.json).
 
-    Holds the run directory's lock throughout (global rank 0; :mod:`lm_lightning.runlock`): a
+    Holds the run directory's lock throughout (global rank 0; :mod:`lm_lightning.run.runlock`): a
     second start of a run that a live process is training is refused at once, exit 2."""
-    from lm_lightning.runlock import run_lock
+    from lm_lightning.run.runlock import run_lock
 
     with run_lock(output_dir(cfg)):
         return _train(cfg)
@@ -373,7 +373,7 @@ def log_effective_batch(trainer, datamodule) -> dict[str, int]:
 
 def plan_resume_or_fresh(cfg: DictConfig, run_dir: Path, checked: Checked):
     """Resolve resume/overwrite/ckpt_path before anything is written (user errors exit 2)."""
-    from lm_lightning.resume import apply_overwrite, plan_resume
+    from lm_lightning.run.resume import apply_overwrite, plan_resume
 
     plan = plan_resume(cfg, run_dir, checked.model_cfg.to_dict())
     apply_overwrite(cfg, run_dir)
@@ -382,7 +382,7 @@ def plan_resume_or_fresh(cfg: DictConfig, run_dir: Path, checked: Checked):
 
 def precheck_resume(cfg: DictConfig, checked: Checked) -> None:
     """The resume decision, checked before Hydra creates the run directory (no side effects)."""
-    from lm_lightning.resume import plan_resume
+    from lm_lightning.run.resume import plan_resume
 
     plan_resume(cfg, Path(cfg.paths.output_dir), checked.model_cfg.to_dict(), quiet=True)
 

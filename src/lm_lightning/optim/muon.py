@@ -72,7 +72,7 @@ def check(opt_cfg: Mapping[str, Any], strategy: Any = None) -> None:
     # FSDP1 (FSDPStrategy, Lightning's "fsdp" names) hands the optimizer flat 1-D shards. FSDP2
     # (trainer=fsdp: FSDP2Strategy / ModelParallelStrategy) hands it 2-D DTensors: Muon's
     # Newton-Schulz runs on them as on whole matrices (DTensor gathers what a product needs).
-    from lm_lightning.distributed import is_fsdp1
+    from lm_lightning.run.distributed import is_fsdp1
 
     if is_fsdp1(target or ""):
         raise ValueError("optimizer=muon needs whole 2-D weight matrices and FSDP1 hands the optimizer flat "

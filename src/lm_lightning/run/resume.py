@@ -233,8 +233,8 @@ def for_strategy(path: Path, cfg: Any) -> Path:
     consolidated into a temporary single-file checkpoint (weights, optimizer state renumbered,
     loops, RNG), deleted when this process exits.
     """
-    from lm_lightning.distributed import is_fsdp
     from lm_lightning.loading import is_sharded, read_sharded
+    from lm_lightning.run.distributed import is_fsdp
 
     trainer = cfg.get("trainer") if hasattr(cfg, "get") else None
     sharded_run = is_fsdp(trainer.get("strategy") if trainer is not None else None)
@@ -250,7 +250,7 @@ def for_strategy(path: Path, cfg: Any) -> Path:
     out = tmp / path.name
     if is_sharded(path):
         torch.save(read_sharded(path, optimizer=True), out)
-        from lm_lightning.distributed import env_is_global_zero
+        from lm_lightning.run.distributed import env_is_global_zero
 
         ranks = len(list(path.glob("__*_0.distcp")))
         line = (f"{path} is sharded ({ranks} ranks wrote it) and this run is not: consolidated it into {out} "

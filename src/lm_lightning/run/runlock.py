@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lm_lightning.distributed import env_is_global_zero
 from lm_lightning.errors import UserError
+from lm_lightning.run.distributed import env_is_global_zero
 
 HEARTBEAT_S = 30.0
 DEFAULT_STALE_AFTER_S = 300.0
