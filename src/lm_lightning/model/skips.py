@@ -1,4 +1,4 @@
-"""Two of modded-nanogpt's extra paths for small GPTs, used by :class:`lm_lightning.model.GPT`.
+"""Two of modded-nanogpt's extra paths for small GPTs, used by :class:`lm_lightning.model.gpt.GPT`.
 
 Plain PyTorch, off by default: ``model.value_embeds`` (a count of tables) and
 ``model.unet_skips`` (a switch).
