@@ -204,9 +204,12 @@ def render(cpu: dict, gpu: dict | None, have_gpu: bool) -> str:
         out += ["## 5. Start-up", "", f"`python train.py` to the end of the first training step: {r['startup_s']:.1f} s "
                 f"(median of {len(r['all'])}: {', '.join(f'{v:.1f}' for v in r['all'])}; target <= 12 s). "
                 f"Heavy optional packages imported by the Collatz run: {r['heavy_imported']}.", ""]
-        sr = r.get("speedrun")
-        if sr:  # bench.startup.speedrun_startup, before and after a change, alternating
-            out += [f"`experiment=shakespeare_char_speedrun` ({sr['steps']} step, `logger=none`), {sr['note']}, "
+        # bench.startup.tree_startup: before and after a change, the trees alternating
+        for title, sr in [("`experiment=shakespeare_char_speedrun`", r.get("speedrun")),
+                          *[(c["title"], c) for c in r.get("compare", [])]]:
+            if not sr:
+                continue
+            out += [f"{title} ({sr['steps']} step, `logger=none`), {sr['note']}, "
                     f"{len(next(iter(sr['trees'].values()))['runs'])} runs each, alternating:", "",
                     "| tree | start-up s (median) | runs | whole process s (median) |", "|---|---|---|---|"]
             for name, t in sr["trees"].items():

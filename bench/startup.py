@@ -35,19 +35,27 @@ def measure(repeats: int = 2) -> dict:
     return {"startup_s": values[len(values) // 2], "all": values, "heavy_imported": probe.stdout.strip()}
 
 
-def speedrun_startup(trees: dict[str, Path], repeats: int = 3, steps: int = 1) -> dict:
-    """`experiment=shakespeare_char_speedrun` start-up from each source tree (e.g. a ``git archive`` of an
-    older commit beside this checkout), the trees alternating A B A B ... so that a drift of the
-    machine's speed reaches both alike. Per run: the start-up the run measures itself (process start to
-    the end of its first optimizer step, summary.json) and the whole-process wall of a ``steps``-step run.
+SPEEDRUN = ["experiment=shakespeare_char_speedrun",
+            f"data.train_path={ROOT.parent / 'shared' / 'data' / 'tinyshakespeare' / 'input.txt'}"]
 
-        python -c "from bench.startup import *; print(speedrun_startup({'before': Path('/tmp/old'), 'after': ROOT}))"
+
+def speedrun_startup(trees: dict[str, Path], repeats: int = 3, steps: int = 1) -> dict:
+    """`experiment=shakespeare_char_speedrun` start-up from each source tree: :func:`tree_startup`."""
+    return tree_startup(trees, SPEEDRUN, repeats, steps)
+
+
+def tree_startup(trees: dict[str, Path], args: list[str], repeats: int = 3, steps: int = 1) -> dict:
+    """``python train.py ARGS`` start-up from each source tree (e.g. a ``git archive`` of an older commit
+    beside this checkout), the trees alternating A B A B ... so that a drift of the machine's speed reaches
+    both alike. Per run: the start-up the run measures itself (process start to the end of its first
+    optimizer step, summary.json) and the whole-process wall of a ``steps``-step run.
+
+        python -c "from bench.startup import *; print(tree_startup({'before': Path('/tmp/old'), 'after': ROOT}, []))"
     """
     import os
     import statistics
     import time
 
-    corpus = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
     runs: dict[str, list[dict]] = {name: [] for name in trees}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(repeats):
@@ -55,8 +63,7 @@ def speedrun_startup(trees: dict[str, Path], repeats: int = 3, steps: int = 1) -
                 run = f"{name}{i}"
                 t0 = time.perf_counter()
                 proc = subprocess.run(
-                    [sys.executable, str(tree / "train.py"), "experiment=shakespeare_char_speedrun",
-                     f"data.train_path={corpus}", f"trainer.max_steps={steps}", "logger=none",
+                    [sys.executable, str(tree / "train.py"), *args, f"trainer.max_steps={steps}", "logger=none",
                      f"paths.runs_root={tmp}", f"run_name={run}"],
                     cwd=tree, capture_output=True, text=True, timeout=600,
                     env=dict(os.environ, PYTHONPATH=str(tree / "src")))
