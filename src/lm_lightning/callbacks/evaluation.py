@@ -13,28 +13,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
 
+if TYPE_CHECKING:
+    from lm_lightning.data.base import LMDataModule
+
 log = logging.getLogger("lm_lightning")
 
 
-def train_eval_batches(datamodule: Any, n_batches: int) -> Iterable[dict[str, Any]]:
+def train_eval_batches(datamodule: LMDataModule, n_batches: int) -> Iterable[dict[str, Any]]:
     """``n_batches`` evaluation batches of the training split, spread over it, the same every time
     (no random draws: the training stream and its RNG are untouched)."""
-    datasets = getattr(datamodule, "_datasets", None)
-    if isinstance(datasets, dict):  # token files (data=text, tokens, the hub datasets)
-        from lm_lightning.data.tokens import SequentialWindows
-
-        datamodule.setup("fit")
-        size = getattr(datamodule, "eval_batch_size", None) or datamodule.batch_size
-        windows = SequentialWindows(datamodule._datasets["train"], size, datamodule.block_size, n_batches)
-        return (windows[i] for i in range(len(windows)))
-    if hasattr(datamodule, "sampling") and callable(getattr(datamodule, "eval_batches", None)):  # Collatz
-        return datamodule.eval_batches(datamodule.seed, datamodule.sampling, n_batches * datamodule.batch_size)
-    raise ValueError(f"{type(datamodule).__name__} has no training-split evaluation (callbacks.split_eval)")
+    return datamodule.train_eval_batches(n_batches)
 
 
 @torch.no_grad()
@@ -76,8 +69,8 @@ class SplitEval(pl.Callback):
             return 1  # a pipeline check
         if self.eval_iters:
             return self.eval_iters
-        dm_n = getattr(trainer.datamodule, "eval_batches", None)
-        if isinstance(dm_n, int) and dm_n > 0:
+        dm_n = trainer.datamodule.eval_batches
+        if dm_n:
             return dm_n
         counts = [int(c) for c in (trainer.num_val_batches or []) if c != float("inf")]
         return max(1, sum(counts)) if counts else 1

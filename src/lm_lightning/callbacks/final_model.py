@@ -27,7 +27,7 @@ class FinalModel(pl.Callback):
             "hyper_parameters": dict(pl_module.hparams),
             "global_step": trainer.global_step,
         }
-        if dm is not None and hasattr(dm, "state_dict"):
+        if dm is not None:
             payload[type(dm).__qualname__] = dm.state_dict()
         run_config = getattr(pl_module, "run_config", None)
         if run_config is not None:

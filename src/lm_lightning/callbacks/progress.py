@@ -244,21 +244,7 @@ def data_sizes(datamodule: Any) -> str | None:
     """``Train data: N tokens | Validation data: M tokens`` where the data module can tell."""
     if datamodule is None:
         return None
-    parts = []
-    if hasattr(datamodule, "split_tokens"):
-        for split, title in (("train", "Train data"), ("val", "Validation data")):
-            try:
-                parts.append(f"{title}: {int(datamodule.split_tokens(split)):,} tokens")
-            except Exception:  # a mixture or a source without that split: say what is known
-                continue
-    else:
-        val = getattr(getattr(datamodule, "_val", None), "batches", None)
-        if val is not None:  # Collatz: an endless generated stream, a fixed validation set
-            samples = sum(int(b["input_ids"].shape[0]) for b in val)
-            tokens = sum(int(b["lengths"].sum()) if "lengths" in b else int(b["input_ids"].numel()) for b in val)
-            parts = ["Train data: generated on the fly (endless)",
-                     f"Validation data: {samples:,} samples, {tokens:,} tokens"]
-    return " | ".join(parts) or None
+    return " | ".join(datamodule.size_lines()) or None
 
 
 def horizon_text(trainer) -> str:

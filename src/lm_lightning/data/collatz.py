@@ -14,12 +14,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from lm_lightning import collatz
+from lm_lightning.data.base import LMDataModule
 from lm_lightning.data.streams import Loader, worker_steps
 from lm_lightning.errors import UserError
 from lm_lightning.objectives import IGNORE_INDEX
@@ -95,7 +95,7 @@ class CollatzEval(Dataset):
         return self.batches[i]
 
 
-class CollatzDataModule(pl.LightningDataModule):
+class CollatzDataModule(LMDataModule):
     task = "collatz"
     objectives = ["next_token", "stopping_time"]
     vocab_size = collatz.VOCAB_SIZE
@@ -128,7 +128,7 @@ class CollatzDataModule(pl.LightningDataModule):
     def samples_per_batch(self) -> int:
         return self.batch_size
 
-    def eval_batches(self, seed: int, sampling: dict[str, Any], n_samples: int) -> list[dict[str, Any]]:
+    def sample_batches(self, seed: int, sampling: dict[str, Any], n_samples: int) -> list[dict[str, Any]]:
         n_batches = max(1, math.ceil(n_samples / self.batch_size))
         stream = CollatzStream(seed, self.batch_size, self.block_size, sampling, self.max_steps)
         return [stream.batch(i) for i in range(n_batches)]
@@ -136,20 +136,19 @@ class CollatzDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._val is None:
             sampling = dict(self.sampling, normal_start=self.sampling["normal_start"] + VAL_NORMAL_OFFSET)
-            self._val = CollatzEval(self.eval_batches(self.seed + VAL_SEED_OFFSET, sampling, self.val_samples))
+            self._val = CollatzEval(self.sample_batches(self.seed + VAL_SEED_OFFSET, sampling, self.val_samples))
 
-    def _rank(self) -> tuple[int, int]:
-        trainer = self.trainer
-        if trainer is None:
-            return 0, 1
-        return trainer.global_rank, trainer.world_size
+    def train_eval_batches(self, n_batches: int) -> list[dict[str, Any]]:
+        return self.sample_batches(self.seed, self.sampling, n_batches * self.batch_size)
 
-    def _start_step(self) -> int:
-        """Micro-batches this rank has already consumed (non-zero after a resume)."""
-        trainer = self.trainer
-        if trainer is None:
-            return 0
-        return trainer.global_step * trainer.accumulate_grad_batches
+    def size_lines(self) -> list[str]:
+        """An endless generated stream, a fixed validation set."""
+        if self._val is None:
+            return []
+        val = self._val.batches
+        samples = sum(int(b["input_ids"].shape[0]) for b in val)
+        tokens = sum(int(b["lengths"].sum()) if "lengths" in b else int(b["input_ids"].numel()) for b in val)
+        return ["Train data: generated on the fly (endless)", f"Validation data: {samples:,} samples, {tokens:,} tokens"]
 
     def _loader(self, dataset, workers: int, sampler=None) -> DataLoader:
         pin = self.pin_memory if self.pin_memory is not None else torch.cuda.is_available()
@@ -165,7 +164,7 @@ class CollatzDataModule(pl.LightningDataModule):
         pads the last round by repeating batches, so some would count twice. Lightning keeps
         any sampler that is already a DistributedSampler.
         """
-        rank, world = self._rank()
+        rank, world = self.rank()
         if world <= 1:
             return None
         from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
@@ -177,9 +176,9 @@ class CollatzDataModule(pl.LightningDataModule):
         return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
 
     def train_dataloader(self) -> DataLoader:
-        rank, world = self._rank()
+        rank, world = self.rank()
         stream = CollatzStream(self.seed, self.batch_size, self.block_size, self.sampling,
-                               self.max_steps, rank=rank, world_size=world, start=self._start_step())
+                               self.max_steps, rank=rank, world_size=world, start=self.start_step())
         return self._loader(stream, self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
@@ -209,7 +208,7 @@ class CollatzDataModule(pl.LightningDataModule):
             sel = prev == p
             if sel.any():
                 floor += sel.double().mean().item() * _entropy(y[sel].mean().item())
-        train = self.eval_batches(self.seed, self.sampling, n_train_samples)
+        train = self.sample_batches(self.seed, self.sampling, n_train_samples)
         mean = torch.cat([b["stopping_time"] for b in train]).double().mean()
         val_st = torch.cat([b["stopping_time"] for b in self._val.batches]).double()
         return {

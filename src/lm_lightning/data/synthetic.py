@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from lm_lightning.data.base import LMDataModule
 from lm_lightning.data.streams import Loader, worker_steps
 
 
@@ -30,7 +30,7 @@ class RandomWindows(IterableDataset):
         return map(self.batch, worker_steps(self.start))
 
 
-class SyntheticDataModule(pl.LightningDataModule):
+class SyntheticDataModule(LMDataModule):
     task = "synthetic"
     objectives = ["next_token"]
 
@@ -48,11 +48,9 @@ class SyntheticDataModule(pl.LightningDataModule):
         return Loader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=pin, **kw)
 
     def train_dataloader(self) -> DataLoader:
-        t = self.trainer
-        rank, world = (t.global_rank, t.world_size) if t else (0, 1)
-        start = t.global_step * t.accumulate_grad_batches if t else 0
+        rank, world = self.rank()
         return self._loader(RandomWindows(self.seed, self.batch_size, self.block_size, self.vocab_size,
-                                          rank, world, start))
+                                          rank, world, self.start_step()))
 
     def val_dataloader(self) -> DataLoader:
         stream = RandomWindows(self.seed + 1, self.batch_size, self.block_size, self.vocab_size)

@@ -17,11 +17,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
 from lm_lightning.data import cache
+from lm_lightning.data.base import LMDataModule
 from lm_lightning.data.documents import (
     boundary_flag,
     check_bos_aligned,
@@ -58,9 +58,9 @@ from lm_lightning.errors import UserError
 
 log = logging.getLogger("lm_lightning")
 
-class TextDataModule(pl.LightningDataModule):
+class TextDataModule(LMDataModule):
     task = "text"
-    objectives = ["next_token"]
+    uses_tokenizer = True
     # train() prepares (downloads, tokenizes) before creating the run directory.
     prepare_before_run = True
     metric_titles = {"val/next_token": "next-token cross-entropy (nats)", "val/next_token_acc": "next-token accuracy"}
@@ -316,21 +316,24 @@ class TextDataModule(pl.LightningDataModule):
         self.setup()
         return len(self._datasets[split])
 
+    def size_lines(self) -> list[str]:
+        parts = []
+        for split, title in (("train", "Train data"), ("val", "Validation data")):
+            try:
+                parts.append(f"{title}: {int(self.split_tokens(split)):,} tokens")
+            except Exception:  # a mixture or a source without that split: say what is known
+                continue
+        return parts
+
+    def train_eval_batches(self, n_batches: int):
+        self.setup("fit")
+        windows = SequentialWindows(self._datasets["train"], self.eval_batch_size, self.block_size, n_batches)
+        return (windows[i] for i in range(len(windows)))
+
     # -- loaders -----------------------------------------------------------------------------
-    def _rank(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-
-    def _start_step(self) -> int:
-        """Micro-batches this rank has already consumed (non-zero after a resume)."""
-        trainer = self.trainer
-        if trainer is None:
-            return 0
-        return trainer.global_step * trainer.accumulate_grad_batches
-
     def steps_per_epoch(self) -> int:
         """Micro-batches per epoch: one pass over the training tokens (or data.epoch_tokens)."""
-        _, world = self._rank()
+        _, world = self.rank()
         tokens = int(self.epoch_tokens or self.split_tokens("train"))
         steps = math.ceil(tokens / (self.batch_size * self.block_size * world))
         accum = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
@@ -346,14 +349,14 @@ class TextDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
-        rank, world = self._rank()
+        rank, world = self.rank()
         if self.source is None and self.mixture:
-            return self._loader(self._mixture_stream(rank, world), start_fn=self._start_step)
+            return self._loader(self._mixture_stream(rank, world), start_fn=self.start_step)
         stream = RandomWindows(self._datasets["train"], self.batch_size, self.block_size, self.seed,
-                               self.steps_per_epoch(), rank=rank, world_size=world, start=self._start_step(),
+                               self.steps_per_epoch(), rank=rank, world_size=world, start=self.start_step(),
                                augment_p=self.augment_p, doc_starts=self.doc_starts() if self.bos_aligned else None,
                                seq_warmup=self._seq_warmup())
-        return self._loader(stream, start_fn=self._start_step)
+        return self._loader(stream, start_fn=self.start_step)
 
     def _seq_warmup(self) -> tuple[int, int, int] | None:
         """(start length, optimizer steps, micro-batches per step) for RandomWindows; None when off."""
@@ -369,7 +372,7 @@ class TextDataModule(pl.LightningDataModule):
             raise UserError("data.mixture does not combine with data.bos_aligned or data.augment_p")
         stream = MixtureWindows([s.train for s in self.mixture], [s.weight for s in self.mixture], self.batch_size,
                                 self.block_size, self.seed, self.steps_per_epoch(), rank=rank, world_size=world,
-                                start=self._start_step())
+                                start=self.start_step())
         trainer = self.trainer
         planned = (trainer.max_steps * trainer.accumulate_grad_batches if trainer is not None and trainer.max_steps
                    and trainer.max_steps > 0 else stream.steps_per_epoch)
