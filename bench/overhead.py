@@ -45,7 +45,7 @@ def plain_ms_per_step(overrides: list[str], warmup: int = 3, stat: str = "mean")
 
     from lm_lightning.module import LMModule
     from lm_lightning.objectives import multi_task_loss
-    from lm_lightning.optim import build_optimizer
+    from lm_lightning.optim.build import build_optimizer
     from lm_lightning.train import check
 
     cfg = compose(overrides)
@@ -129,7 +129,7 @@ def optimizer_step_ms(model: str = "small", repeats: int = 50) -> dict:
     from hydra.utils import instantiate
 
     from lm_lightning.module import LMModule
-    from lm_lightning.optim import build_optimizer
+    from lm_lightning.optim.build import build_optimizer
     from lm_lightning.train import check
 
     cfg = compose([f"model={model}"])

@@ -275,7 +275,7 @@ def ns_precision(repeats: int = 7, iters: int = 20) -> dict:
     import torch
     from torch.optim._muon import _zeropower_via_newtonschulz
 
-    from lm_lightning.muon_ns import zeropower
+    from lm_lightning.optim.muon_ns import zeropower
 
     coeffs = (3.4445, -4.7750, 2.0315)
     g = torch.Generator().manual_seed(0)

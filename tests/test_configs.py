@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from lm_lightning.errors import UserError
 from lm_lightning.model import GPT, ModelConfig
-from lm_lightning.optim import build_optimizer
+from lm_lightning.optim.build import build_optimizer
 from lm_lightning.train import check, instantiate_group
 
 # Groups whose options are exercised elsewhere (experiments have their own smoke test) or that

@@ -14,7 +14,7 @@ import pytest
 from reliability_helpers import finish, spawn_train, train_run, wait_for
 
 from lm_lightning.callbacks.control import RunControl, parse_time, time_limit_s
-from lm_lightning.optim import WarmupCosine
+from lm_lightning.optim.schedules import WarmupCosine
 
 ARGS = ["model=tiny", "trainer=debug", "logger=none", "callbacks.monitoring.plots=false", "data.batch_size=8",
         "data.block_size=32", "data.val_samples=16", "trainer.val_check_interval=100000",

@@ -237,7 +237,7 @@ def test_cs336_metrics_and_a_longer_rerun(tmp_path, capsys):
 
 
 def test_refitted_schedule_shape():
-    from lm_lightning.optim import WarmupConstant, WarmupCosine, WarmupLinear, WarmupStableDecay
+    from lm_lightning.optim.schedules import WarmupConstant, WarmupCosine, WarmupLinear, WarmupStableDecay
 
     fn = WarmupCosine(warmup_steps=10, total_steps=100, floor=0.1)
     before = [fn(s) for s in range(101)]

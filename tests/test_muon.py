@@ -17,11 +17,12 @@ from reliability_helpers import read_losses, train_run
 
 from lm_lightning.callbacks.anomaly import AnomalyGuard
 from lm_lightning.loading import read_checkpoint
-from lm_lightning.lookahead import Lookahead
 from lm_lightning.model import GPT, ModelConfig
 from lm_lightning.module import LMModule
-from lm_lightning.muon import MuonAdamW
-from lm_lightning.optim import build_optimizer, total_grad_norm
+from lm_lightning.optim.build import build_optimizer
+from lm_lightning.optim.grad_norm import total_grad_norm
+from lm_lightning.optim.lookahead import Lookahead
+from lm_lightning.optim.muon import MuonAdamW
 from lm_lightning.train import precheck
 
 BLOCK_MATRICES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")

@@ -3,7 +3,7 @@
 import torch
 
 from lm_lightning.model import GPT, ModelConfig
-from lm_lightning.optim import param_groups
+from lm_lightning.optim.groups import param_groups
 
 
 def test_decay_on_matrices_only_and_tied_weight_once():

@@ -9,9 +9,11 @@ from exp_helpers import TINY, compose
 from hydra.utils import instantiate
 
 from lm_lightning.errors import UserError
-from lm_lightning.lookahead import Lookahead
 from lm_lightning.model import GPT, ModelConfig
-from lm_lightning.optim import build_optimizer, constant, layer_id, param_groups, warmup_linear
+from lm_lightning.optim.build import build_optimizer
+from lm_lightning.optim.groups import layer_id, param_groups
+from lm_lightning.optim.lookahead import Lookahead
+from lm_lightning.optim.schedules import constant, warmup_linear
 from lm_lightning.train import check, train
 
 

@@ -13,8 +13,8 @@ from test_bad_input import BASE, one_line_exit_2
 from lm_lightning.data.tokens import RandomWindows
 from lm_lightning.model import GPT, ModelConfig
 from lm_lightning.model.skips import value_embed_layers
-from lm_lightning.muon import MuonAdamW
-from lm_lightning.muon_ns import Muon, momentum_at, resolve_ns_dtype, zeropower
+from lm_lightning.optim.muon import MuonAdamW
+from lm_lightning.optim.muon_ns import Muon, momentum_at, resolve_ns_dtype, zeropower
 
 
 def tiny(**kw) -> ModelConfig:

@@ -11,7 +11,7 @@ from conftest import compose
 from hydra.utils import instantiate
 from test_control import fit_to_time_for_four_steps
 
-from lm_lightning.optim import WarmupStableDecay, wsd
+from lm_lightning.optim.schedules import WarmupStableDecay, wsd
 from lm_lightning.train import precheck, scheduler_factory
 
 # warmup 10, 100 steps, the last 20 % decay: steps 0-9 warm up, 10-79 are constant, 80-100 decay.
@@ -58,7 +58,7 @@ def test_preset_scales_both_muon_groups_and_state_round_trips():
     cfg = compose(["optimizer=muon", "scheduler=wsd", "scheduler.warmup_steps=2", "scheduler.shape=1-sqrt",
                    "scheduler.min_lr_ratio=0.1"])
     from lm_lightning.model import GPT, ModelConfig
-    from lm_lightning.optim import build_optimizer
+    from lm_lightning.optim.build import build_optimizer
 
     model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=8, block_size=8))
     opt = build_optimizer(instantiate(cfg.optimizer), model, torch.device("cpu"))

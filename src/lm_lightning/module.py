@@ -13,7 +13,9 @@ import torchmetrics
 from lm_lightning.metrics import at_log_step
 from lm_lightning.model import GPT, ModelConfig
 from lm_lightning.objectives import HEADS, IGNORE_INDEX, multi_task_loss
-from lm_lightning.optim import build_optimizer, lightning_scheduler, total_grad_norm
+from lm_lightning.optim.build import build_optimizer
+from lm_lightning.optim.grad_norm import total_grad_norm
+from lm_lightning.optim.schedules import lightning_scheduler, refit_schedule
 
 
 class LMModule(pl.LightningModule):
@@ -221,9 +223,7 @@ class LMModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         # After a resume the restored schedule is sized for the horizon it was saved with; a
-        # rerun with a larger trainer.max_steps (or max_epochs) re-fits it (optim.refit_schedule).
-        from lm_lightning.optim import refit_schedule
-
+        # rerun with a larger trainer.max_steps (or max_epochs) re-fits it (optim.schedules.refit_schedule).
         total = self.total_steps if self.total_steps > 0 else int(self.trainer.estimated_stepping_batches)
         line = refit_schedule(self.trainer, total)
         if line and self.trainer.is_global_zero:
@@ -307,13 +307,11 @@ class LMModule(pl.LightningModule):
         if self.optimizer_factory is None:
             raise RuntimeError("LMModule was built without an optimizer factory (inference only)")
         precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
-        # Not fused under fp16 loss scaling, nor under FSDP, whose gradients are shards: Lightning's
-        # own clipping (FSDP's clip_grad_norm_) must run there, and it refuses fused optimizers.
         from lm_lightning.run.distributed import is_fsdp
 
+        # Whether Adam/AdamW run fused depends on both (optim.build.use_fused).
         sharded = self._trainer is not None and is_fsdp(self.trainer.strategy)
-        optimizer = build_optimizer(self.optimizer_factory, self, self.device,
-                                    allow_fused=precision != "16-mixed" and not sharded)
+        optimizer = build_optimizer(self.optimizer_factory, self, self.device, precision=precision, sharded=sharded)
         if self.scheduler_factory is None:
             return optimizer
         total = self.total_steps

@@ -81,7 +81,8 @@ def check(cfg: DictConfig, overrides: list[str] | None = None) -> Checked:
     from lm_lightning.config.schema import validate as validate_schema
     from lm_lightning.model import ModelConfig
     from lm_lightning.objectives import check_weights
-    from lm_lightning.optim import check_scheduler, check_techniques
+    from lm_lightning.optim.build import check_techniques
+    from lm_lightning.optim.schedules import check_scheduler
 
     with user_errors(ValueError, TypeError, KeyError, FileNotFoundError, ImportError):
         try:

@@ -35,7 +35,7 @@ import lightning.pytorch as pl
 import torch
 
 from lm_lightning.callbacks.alerts import announce
-from lm_lightning.optim import total_grad_norm
+from lm_lightning.optim.grad_norm import total_grad_norm
 
 log = logging.getLogger("lm_lightning")
 

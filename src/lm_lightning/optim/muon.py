@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from lm_lightning.model import BLOCK_PARAM as BLOCK
-from lm_lightning.muon_ns import NS_DTYPES, Muon
+from lm_lightning.optim.groups import matrix_weights
+from lm_lightning.optim.muon_ns import NS_DTYPES, Muon, run_closure
 
 ADJUST_LR_FNS = ("original", "match_rms_adamw")
 
@@ -36,7 +37,7 @@ def split_params(model: torch.nn.Module) -> tuple[list[torch.Tensor], list[torch
     """
     hidden = {id(m.weight) for name, m in model.named_modules()
               if isinstance(m, torch.nn.Linear) and BLOCK.search(name + ".")}
-    matrices = {id(m.weight) for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))}
+    matrices = matrix_weights(model)
     muon, decay, no_decay = [], [], []
     for _, p in model.named_parameters():
         if p.requires_grad:
@@ -154,10 +155,7 @@ class MuonAdamW(torch.optim.Optimizer):
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         # Lightning's closure runs forward, backward, the before-step hooks and clipping: once,
         # before either inner optimizer steps.
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         self.adamw.step()
         if self.muon is not None:
             self.muon.step()

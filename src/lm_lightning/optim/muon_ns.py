@@ -58,6 +58,14 @@ def zeropower(grad: torch.Tensor, coefficients: tuple[float, float, float], step
     return x.T if tall else x
 
 
+def run_closure(closure: Callable[[], Any] | None) -> Any:
+    """An optimizer step's prelude: run the closure (forward, backward) with gradients on; its loss."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 def momentum_at(step: int, target: float, warmup_steps: int, start: float) -> float:
     """Momentum for 0-based optimizer step ``step``: linear from ``start`` to ``target`` over the warmup."""
     if warmup_steps <= 0 or step >= warmup_steps:
@@ -85,10 +93,7 @@ class Muon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
             # Groups from a checkpoint written before these keys existed: today's behaviour.
             t = int(group.get("muon_step", 0))
