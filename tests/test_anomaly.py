@@ -11,7 +11,8 @@ import torch
 from reliability_helpers import train_run
 
 from lm_lightning.callbacks.anomaly import AnomalyGuard
-from lm_lightning.loading import load_checkpoint, read_checkpoint
+from lm_lightning.ckpt.load import load_checkpoint
+from lm_lightning.ckpt.read import read_checkpoint
 
 POISON = "+callbacks.poison._target_=reliability_helpers.PoisonGrads"
 

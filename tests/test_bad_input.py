@@ -11,8 +11,8 @@ import pytest
 import torch
 from reliability_helpers import ROOT, train_run
 
+from lm_lightning.ckpt.read import read_checkpoint
 from lm_lightning.errors import UserError
-from lm_lightning.loading import read_checkpoint
 from lm_lightning.train import precheck
 
 BASE = ["model=tiny", "trainer=debug", "logger=none"]

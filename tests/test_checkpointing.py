@@ -18,7 +18,8 @@ from reliability_helpers import train_run
 
 from lm_lightning import atomic
 from lm_lightning.callbacks.checkpointing import Checkpointing, rng_states, set_rng_states
-from lm_lightning.loading import load_checkpoint, read_checkpoint
+from lm_lightning.ckpt.load import load_checkpoint
+from lm_lightning.ckpt.read import read_checkpoint
 
 WRITER = textwrap.dedent("""
     import sys, torch

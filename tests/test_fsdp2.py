@@ -199,8 +199,8 @@ def test_readers_consolidate_a_sharded_checkpoint(runs, capsys, tmp_path):
     from safetensors.torch import load_file
 
     from lm_lightning import evaluate, export, generate
-    from lm_lightning.best import load_best
-    from lm_lightning.loading import load_checkpoint
+    from lm_lightning.ckpt.best import load_best
+    from lm_lightning.ckpt.load import load_checkpoint
 
     run_dir = runs["root"] / "fsdp"
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -255,9 +255,9 @@ def test_presets_and_refusals():
     from conftest import compose
     from hydra.utils import instantiate
 
-    from lm_lightning.run.distributed import build_bare_trainer, is_fsdp, is_fsdp1
     from lm_lightning.errors import UserError
     from lm_lightning.parallel import TP_REFUSAL, FSDP2Strategy
+    from lm_lightning.run.distributed import build_bare_trainer, is_fsdp, is_fsdp1
 
     fsdp = compose(["trainer=fsdp"])
     strategy = instantiate(fsdp.trainer.strategy)

@@ -15,11 +15,11 @@ gguf = pytest.importorskip("gguf", reason="the optional `gguf` extra (pip instal
 
 from test_hf_llama import WORDS, corpus, max_diff, random_llama  # noqa: E402
 
+from lm_lightning.convert.export import export  # noqa: E402
+from lm_lightning.convert.gguf_writer import write_gguf  # noqa: E402
+from lm_lightning.convert.llama import _our_rows_to_hf, gpt_from_hf  # noqa: E402
 from lm_lightning.data.tokenizers import ByteTokenizer, CharTokenizer, train_bpe  # noqa: E402
 from lm_lightning.errors import UserError  # noqa: E402
-from lm_lightning.export import export  # noqa: E402
-from lm_lightning.gguf_export import write_gguf  # noqa: E402
-from lm_lightning.hf_llama import _our_rows_to_hf, gpt_from_hf  # noqa: E402
 from lm_lightning.model import GPT, ModelConfig  # noqa: E402
 
 # ASCII prose, punctuation, newlines and runs of spaces, tabs, non-ASCII (2-, 3- and 4-byte UTF-8).
@@ -145,8 +145,8 @@ def test_q8_0_writes_f16_where_rows_do_not_fill_its_blocks(bpe, tmp_path):
 # -- tokenizers -------------------------------------------------------------------------------------------
 def _hf_kind(bpe, tmp_path):
     """tokenizer=hf: a transformers folder's byte-level BPE tokenizer with its own special tokens."""
+    from lm_lightning.convert.tokenizers import fast_tokenizer
     from lm_lightning.data.tokenizers import load_hf_tokenizer
-    from lm_lightning.hf_tokenizers import fast_tokenizer
 
     fast_tokenizer(bpe).save_pretrained(str(tmp_path / "tok"))
     return load_hf_tokenizer(tmp_path / "tok")

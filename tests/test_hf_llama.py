@@ -53,7 +53,7 @@ def max_diff(a, b) -> float:
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """A tiny Llama folder with a byte tokenizer (vocabulary 300 > the tokenizer's 256), and a corpus."""
-    from lm_lightning.hf_tokenizers import fast_tokenizer
+    from lm_lightning.convert.tokenizers import fast_tokenizer
 
     tmp = tmp_path_factory.mktemp("llama")
     hf = random_llama(max_position_embeddings=128)
@@ -67,7 +67,7 @@ def folder(tmp_path_factory):
 @pytest.mark.parametrize("tied,n_kv,theta", [(True, 1, 10000.0), (False, 2, 10000.0), (True, 4, 500000.0),
                                              (False, 4, 1234.5)])
 def test_parity_both_directions(tied, n_kv, theta):
-    from lm_lightning.hf_llama import _hf_rows_to_ours, gpt_from_hf, hf_llama_from_gpt, to_hf_state
+    from lm_lightning.convert.llama import _hf_rows_to_ours, gpt_from_hf, hf_llama_from_gpt, to_hf_state
 
     hf = random_llama(tie_word_embeddings=tied, num_key_value_heads=n_kv, rope_theta=theta)
     x = torch.randint(0, 300, (2, 48))
@@ -93,7 +93,7 @@ def test_parity_both_directions(tied, n_kv, theta):
 
 
 def test_hf_config_fields_and_refusals():
-    from lm_lightning.hf_llama import config_from_hf, hf_config, llama_shape_problems
+    from lm_lightning.convert.llama import config_from_hf, hf_config, llama_shape_problems
 
     cfg = ModelConfig(n_layer=2, n_head=4, n_kv_head=2, n_embd=64, d_ff=96, vocab_size=300, block_size=32,
                       norm="rmsnorm", norm_eps=1e-5, mlp="swiglu", rope_theta=5e5, tie_weights=False)
@@ -127,7 +127,7 @@ def _eot(cls, *args):
                                   lambda: _eot(ByteTokenizer), lambda: _eot(CharTokenizer, "".join(TEXTS))],
                          ids=["byte", "char", "byte-eot", "char-eot"])
 def test_tokenizer_round_trip_through_autotokenizer(make, tmp_path):
-    from lm_lightning.hf_tokenizers import fast_tokenizer
+    from lm_lightning.convert.tokenizers import fast_tokenizer
 
     tok = make()
     fast_tokenizer(tok).save_pretrained(str(tmp_path))
@@ -142,8 +142,8 @@ def test_tokenizer_round_trip_through_autotokenizer(make, tmp_path):
 
 
 def test_hf_tokenizer_kind_is_plain_data_and_adds_no_special_tokens(tmp_path):
+    from lm_lightning.convert.tokenizers import fast_tokenizer
     from lm_lightning.data.tokenizers import load_hf_tokenizer, train_bpe
-    from lm_lightning.hf_tokenizers import fast_tokenizer
 
     bpe = train_bpe(iter([corpus(200)]), 300)
     fast = fast_tokenizer(bpe)
@@ -183,7 +183,7 @@ def compose(folder, *overrides):
 
 
 def test_init_from_sets_the_shape_and_loads_the_weights(folder):
-    from lm_lightning.hf_llama import from_hf_state
+    from lm_lightning.convert.llama import from_hf_state
     from lm_lightning.train import check, init_weights
 
     cfg = compose(folder, "tokenizer=byte")  # the llama preset says 8 layers, 8 heads, 512 wide
@@ -210,8 +210,8 @@ def finetuned(folder):
 
 def test_import_train_export_round_trip(folder, finetuned, capsys):
     from lm_lightning import export
-    from lm_lightning.loading import load_checkpoint
-    from lm_lightning.tools import tokenizer_of
+    from lm_lightning.ckpt.load import checkpoint_tokenizer as tokenizer_of
+    from lm_lightning.ckpt.load import load_checkpoint
 
     loaded = load_checkpoint(finetuned["last_checkpoint"])
     tok = tokenizer_of(loaded)
@@ -248,9 +248,9 @@ def test_lm_eval_hflm_loglikelihood_on_an_export(tmp_path):
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
+    from lm_lightning.convert.export import export
+    from lm_lightning.convert.llama import gpt_from_hf
     from lm_lightning.data.tokenizers import train_bpe
-    from lm_lightning.export import export
-    from lm_lightning.hf_llama import gpt_from_hf
 
     ours = gpt_from_hf(random_llama())
     tok = train_bpe(iter([corpus(200)]), 300)
@@ -264,7 +264,7 @@ def test_lm_eval_hflm_loglikelihood_on_an_export(tmp_path):
 
 
 def test_other_architectures_export_natively_with_a_note(tmp_path):
-    from lm_lightning.export import export
+    from lm_lightning.convert.export import export
 
     result = export(GPT(ModelConfig(n_layer=1, n_embd=32, n_head=2, vocab_size=256, block_size=16)), ByteTokenizer(),
                     tmp_path / "native")
@@ -334,4 +334,4 @@ def test_init_from_hub_name_offline_is_user_error(tmp_path, monkeypatch):
     cfg = OmegaConf.create({"model": {"init_from": "someone/tiny-llama"}})
     with pytest.raises(UserError, match="model.init_from=someone/tiny-llama: weights could not be loaded"):
         init_weights(cfg, ModelConfig(norm="rmsnorm", mlp="swiglu"))
-    assert sys.modules.get("lm_lightning.hf_llama") is not None
+    assert sys.modules.get("lm_lightning.convert.llama") is not None

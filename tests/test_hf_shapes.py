@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from lm_lightning.gguf_export import gguf_arch
-from lm_lightning.hf_gpt2 import gpt2_shape_problems
-from lm_lightning.hf_llama import llama_shape_problems
+from lm_lightning.convert.gguf_writer import gguf_arch
+from lm_lightning.convert.gpt2 import gpt2_shape_problems
+from lm_lightning.convert.llama import llama_shape_problems
 from lm_lightning.model import ModelConfig
 
 GPT2 = dict(n_layer=2, n_head=4, n_embd=32, vocab_size=64, block_size=16, pos_emb="learned", norm="layernorm",

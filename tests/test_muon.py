@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from reliability_helpers import read_losses, train_run
 
 from lm_lightning.callbacks.anomaly import AnomalyGuard
-from lm_lightning.loading import read_checkpoint
+from lm_lightning.ckpt.read import read_checkpoint
 from lm_lightning.model import GPT, ModelConfig
 from lm_lightning.module import LMModule
 from lm_lightning.optim.build import build_optimizer

@@ -99,7 +99,7 @@ def test_frozen_weights_do_not_move_in_training(tmp_path):
     cfg = compose([*TINY, "trainer.max_steps=3", "trainer.val_check_interval=3", "optimizer.freeze_layers=1",
                    "optimizer.freeze_embeddings=true", "logger=none", f"paths.runs_root={tmp_path}", "run_name=fr"])
     summary = train(cfg)
-    from lm_lightning.loading import load_checkpoint
+    from lm_lightning.ckpt.load import load_checkpoint
 
     trained = load_checkpoint(summary["last_checkpoint"]).model.state_dict()
     torch.manual_seed(cfg.seed)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from lm_lightning.ckpt.load import load_checkpoint
 from lm_lightning.errors import UserError
-from lm_lightning.loading import load_checkpoint
 from lm_lightning.train import CONF_DIR, train
 
 WORDS = "the cat sat on a mat and the dog ran far away into the dark woods".split()

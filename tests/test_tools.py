@@ -104,7 +104,7 @@ def test_export_cli_native_format(run, capsys):
     from safetensors.torch import load_file
 
     from lm_lightning import export
-    from lm_lightning.loading import load_checkpoint
+    from lm_lightning.ckpt.load import load_checkpoint
 
     out = run["tmp"] / "export"
     export.main([f"ckpt={run['ckpt']}", f"out={out}"])
@@ -134,7 +134,7 @@ def random_hf_gpt2(vocab=300, positions=64):
 
 
 def test_hf_gpt2_parity_without_download():
-    from lm_lightning.hf_gpt2 import gpt_from_hf, to_hf_state
+    from lm_lightning.convert.gpt2 import gpt_from_hf, to_hf_state
 
     hf = random_hf_gpt2()
     ours = gpt_from_hf(hf)
@@ -149,9 +149,9 @@ def test_hf_gpt2_parity_without_download():
 
 def test_export_gpt2_shape_loads_in_transformers_with_equal_logits(tmp_path):
     transformers = pytest.importorskip("transformers")
+    from lm_lightning.convert.export import export
+    from lm_lightning.convert.gpt2 import gpt_from_hf
     from lm_lightning.data.tokenizers import train_bpe
-    from lm_lightning.export import export
-    from lm_lightning.hf_gpt2 import gpt_from_hf
 
     ours = gpt_from_hf(random_hf_gpt2())
     tok = train_bpe(iter([corpus(300, 0)]), 300)
@@ -168,7 +168,7 @@ def test_export_gpt2_shape_loads_in_transformers_with_equal_logits(tmp_path):
 def test_init_from_local_gpt2_weights_and_mismatch_errors(tmp_path):
     from omegaconf import OmegaConf
 
-    from lm_lightning.hf_gpt2 import from_hf_state
+    from lm_lightning.convert.gpt2 import from_hf_state
     from lm_lightning.model import ModelConfig
     from lm_lightning.train import init_weights
 

@@ -58,7 +58,7 @@ def test_short_run_writes_run_directory(make_cfg, tmp_path):
 
     assert Path(on_disk["best_checkpoint"]).is_file() and Path(on_disk["last_checkpoint"]).is_file()
     # The checkpoint carries the resolved config and loads with weights_only.
-    from lm_lightning.loading import load_checkpoint
+    from lm_lightning.ckpt.load import load_checkpoint
 
     loaded = load_checkpoint(on_disk["last_checkpoint"])
     assert loaded.config["model"]["n_layer"] == 2

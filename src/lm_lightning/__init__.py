@@ -35,8 +35,8 @@ _register_resolvers()
 def load_best(path, metric=None):
     """``(model, tokenizer, cfg)`` from the best checkpoint of a run or sweep directory.
 
-    See :func:`lm_lightning.best.load_best`; imported lazily so ``import lm_lightning`` stays light.
+    See :func:`lm_lightning.ckpt.best.load_best`; imported lazily so ``import lm_lightning`` stays light.
     """
-    from lm_lightning.best import load_best as _load_best
+    from lm_lightning.ckpt.best import load_best as _load_best
 
     return _load_best(path, metric)

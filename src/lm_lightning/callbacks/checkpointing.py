@@ -393,17 +393,10 @@ def save_safetensors(pl_module: pl.LightningModule, path: Path, state: dict[str,
     """The bare GPT (and heads) in safetensors; a tied lm_head is stored once, under wte."""
     import json
 
-    from safetensors.torch import save_file
+    from lm_lightning.ckpt.payload import write_safetensors
+    from lm_lightning.ckpt.state import metric_prefixes
 
-    from lm_lightning.loading import strip_prefixes
-
-    state = pl_module.state_dict() if state is None else state
-    state = strip_prefixes({k: v for k, v in state.items() if not k.startswith("val_metrics.")})
     cfg = getattr(pl_module, "config", None)
-    if cfg is not None and getattr(cfg, "tie_weights", False):
-        state.pop("lm_head.weight", None)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    meta = {"model": json.dumps(pl_module.hparams.get("model", {}))}
-    tmp = tmp_path(path)
-    save_file(tensors, str(tmp), metadata=meta)
-    fsync_replace(tmp, path)
+    write_safetensors(pl_module.state_dict() if state is None else state, path,
+                      bool(cfg is not None and getattr(cfg, "tie_weights", False)),
+                      {"model": json.dumps(pl_module.hparams.get("model", {}))}, drop=metric_prefixes(pl_module))

@@ -41,7 +41,7 @@ def rope_cache(head_size: int, length: int, theta: float) -> tuple[torch.Tensor,
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     # x: (B, nh, T, hs); rotate pairs (even, odd) of each head's channels. Hugging Face's Llama
     # rotates halves (i, i + hs/2) instead; the two layouts differ only by a fixed permutation of
-    # each head's query/key rows, so hf_llama.py permutes those rows when converting and this
+    # each head's query/key rows, so convert/llama.py permutes those rows when converting and this
     # one model reproduces LlamaForCausalLM exactly (q.k is unchanged by a shared permutation).
     x1, x2 = x[..., 0::2], x[..., 1::2]
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)

@@ -48,7 +48,7 @@ def candidates(ckpt_dir: Path) -> list[Path]:
     """Resumable checkpoints, newest first."""
     if not ckpt_dir.is_dir():
         return []
-    from lm_lightning.loading import is_sharded
+    from lm_lightning.ckpt.read import is_sharded
 
     # A sharded checkpoint is a directory; it is only named *.ckpt once every rank has written it.
     files = [p for p in ckpt_dir.glob("*.ckpt") if (p.is_file() or is_sharded(p)) and p.name not in NOT_RESUMABLE]
@@ -68,10 +68,10 @@ def with_new_defaults(saved: dict[str, Any]) -> dict[str, Any]:
 
 def validate(path: Path, model_arch: dict[str, Any] | None) -> dict[str, Any]:
     """Read with weights_only=True; check that it is a full training checkpoint for this model."""
-    from lm_lightning.loading import _load_meta, is_sharded, read_checkpoint, sharded_keys
+    from lm_lightning.ckpt.read import is_sharded, read_checkpoint, read_meta, sharded_keys
 
     if is_sharded(path):  # metadata and the index of tensors only: no weights are read here
-        ckpt = _load_meta(Path(path))
+        ckpt = read_meta(Path(path))
         if any(k.startswith("optimizer_") for k in sharded_keys(path)):
             ckpt["optimizer_states"] = []
     else:
@@ -233,7 +233,7 @@ def for_strategy(path: Path, cfg: Any) -> Path:
     consolidated into a temporary single-file checkpoint (weights, optimizer state renumbered,
     loops, RNG), deleted when this process exits.
     """
-    from lm_lightning.loading import is_sharded, read_sharded
+    from lm_lightning.ckpt.read import is_sharded, read_sharded
     from lm_lightning.run.distributed import is_fsdp
 
     trainer = cfg.get("trainer") if hasattr(cfg, "get") else None
@@ -263,7 +263,7 @@ def for_strategy(path: Path, cfg: Any) -> Path:
         # A one-process (or DDP) checkpoint into FSDP2: Lightning maps numbered optimizer state
         # to parameter names by model.parameters() order, which is not our optimizer's group
         # order; the names the checkpoint recorded (LMModule.on_save_checkpoint) say which is which.
-        from lm_lightning.loading import read_checkpoint
+        from lm_lightning.ckpt.read import read_checkpoint
 
         ckpt = read_checkpoint(path)
         names = ckpt.get("optimizer_param_names")

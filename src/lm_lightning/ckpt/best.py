@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from lm_lightning.ckpt.read import is_sharded
 from lm_lightning.errors import UserError
 
 log = logging.getLogger("lm_lightning")
@@ -29,8 +30,6 @@ def _resolve_ckpt(run_dir: Path, recorded: str | None) -> Path | None:
     """A checkpoint path as recorded (absolute, or relative to the cwd of training), else by name in run_dir."""
     if not recorded:
         return None
-    from lm_lightning.loading import is_sharded
-
     p = Path(recorded)
     for candidate in (p, run_dir / "checkpoints" / p.name, run_dir / p.name):
         if candidate.is_file() or is_sharded(candidate):  # a file, or a sharded (FSDP) directory
@@ -84,19 +83,6 @@ def best_checkpoint(run_dir: Path) -> Path:
     return ckpt
 
 
-def tokenizer_for(config: dict[str, Any] | None, datamodule_state: dict[str, Any]) -> Any:
-    """The parity tokenizer for Collatz; for text, whatever the text data module saved in the checkpoint."""
-    target = str(((config or {}).get("data") or {}).get("_target_", ""))
-    if target.endswith("CollatzDataModule"):
-        from lm_lightning.data.parity import ParityTokenizer
-
-        return ParityTokenizer()
-    # Text runs: the data module's checkpointed state carries the tokenizer spec.
-    from lm_lightning.data.tokenizers import from_spec
-
-    return from_spec((datamodule_state or {}).get("tokenizer"))
-
-
 def load_best(path: str | Path, metric: str | None = None):
     """``(model, tokenizer, cfg)`` from the best checkpoint of a run or sweep directory.
 
@@ -114,7 +100,7 @@ def load_best(path: str | Path, metric: str | None = None):
     import torch
     from omegaconf import OmegaConf
 
-    from lm_lightning.loading import is_sharded, load_checkpoint
+    from lm_lightning.ckpt.load import checkpoint_tokenizer, load_checkpoint
 
     p = Path(path)
     if p.is_file() or is_sharded(p):  # a checkpoint: a file, or a sharded directory (consolidated here)
@@ -135,4 +121,5 @@ def load_best(path: str | Path, metric: str | None = None):
     cfg = OmegaConf.create(config or {})
     with_path = OmegaConf.create({"checkpoint": str(ckpt), "run_dir": str(run_dir)})
     cfg = OmegaConf.merge(cfg, {"loaded_from": with_path})
-    return model, tokenizer_for(config, loaded.datamodule_state), cfg
+    loaded.config = config
+    return model, checkpoint_tokenizer(loaded), cfg

@@ -70,7 +70,7 @@ def _pad(tokens: list[str], types: list[int], vocab_size: int, kind: str) -> Non
 
 def _single_chars(kind: str, symbols: list[str], eot_id: int | None, vocab_size: int) -> GGUFVocab:
     """A vocabulary of one-byte symbols and no merges (byte, ASCII char)."""
-    from lm_lightning.hf_tokenizers import byte_alphabet
+    from lm_lightning.convert.tokenizers import byte_alphabet
 
     alphabet = byte_alphabet()
     tokens = [alphabet[ord(c)] if len(c) == 1 else c for c in symbols]

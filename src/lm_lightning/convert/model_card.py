@@ -48,7 +48,7 @@ def _callback_best(ckpt: str | None) -> tuple[str, float] | None:
     if not ckpt:
         return None
     try:
-        from lm_lightning.loading import read_checkpoint
+        from lm_lightning.ckpt.read import read_checkpoint
 
         states = (read_checkpoint(ckpt).get("callbacks") or {}).values()
     except Exception:

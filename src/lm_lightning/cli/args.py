@@ -1,9 +1,8 @@
-"""What the evaluate / generate / export commands share: ``key=value`` arguments and a
-checkpoint loaded for inference together with the tokenizer that travelled with it."""
+"""``key=value`` arguments of the evaluate / generate / export commands (the checkpoint they
+load comes from :func:`lm_lightning.ckpt.load.load_for_inference`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from lm_lightning.errors import UserError
@@ -48,35 +47,3 @@ def _convert(key: str, raw: str, default: Any) -> Any:
     except ValueError as exc:
         raise UserError(f"{key} must be a {type(default).__name__}, got {raw!r}") from exc
     return raw
-
-
-@dataclass
-class Inference:
-    loaded: Any  # LoadedCheckpoint
-    tokenizer: Any  # None when the checkpoint carries no tokenizer (token files without one)
-
-    @property
-    def model(self):
-        return self.loaded.model
-
-
-def tokenizer_of(loaded: Any):
-    """Rebuild the tokenizer stored in a checkpoint's datamodule state (None if there is none)."""
-    from lm_lightning.data.tokenizers import from_spec
-
-    return from_spec((loaded.datamodule_state or {}).get("tokenizer"))
-
-
-def load_for_inference(path: str | None, device: str = "cpu") -> Inference:
-    from lm_lightning.loading import load_checkpoint
-
-    if not path:
-        raise UserError("ckpt=PATH is required")
-    loaded = load_checkpoint(path)
-    if device != "cpu":
-        import torch
-
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError(f"device={device} but no CUDA GPU is available; use device=cpu")
-        loaded.model.to(device)
-    return Inference(loaded=loaded, tokenizer=tokenizer_of(loaded))

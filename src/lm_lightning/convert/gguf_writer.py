@@ -47,18 +47,20 @@ def check_outtype(outtype: str) -> str:
     return outtype
 
 
+def gguf_converter(cfg: Any) -> Any:
+    """The registered converter whose shape ``cfg`` has and that has a GGUF layout; UserError with every reason."""
+    from lm_lightning.convert.registry import for_config
+
+    found, problems = for_config(cfg)
+    if found is not None and found.gguf_arch:
+        return found
+    raise UserError("format=gguf needs Llama's architecture (model=llama) or GPT-2's (model=gpt2); this model: "
+                    "llama needs " + ", ".join(problems["llama"]) + "; gpt2 needs " + ", ".join(problems["gpt2"]))
+
+
 def gguf_arch(cfg: Any) -> str:
     """'llama' or 'gpt2'; UserError with both reasons otherwise."""
-    from lm_lightning.hf_gpt2 import gpt2_shape_problems
-    from lm_lightning.hf_llama import llama_shape_problems
-
-    llama, gpt2 = llama_shape_problems(cfg), gpt2_shape_problems(cfg)
-    if not llama:
-        return "llama"
-    if not gpt2:
-        return "gpt2"
-    raise UserError("format=gguf needs Llama's architecture (model=llama) or GPT-2's (model=gpt2); this model: "
-                    "llama needs " + ", ".join(llama) + "; gpt2 needs " + ", ".join(gpt2))
+    return gguf_converter(cfg).gguf_arch
 
 
 def gguf_name(out: Path, source: dict[str, Any], outtype: str) -> Path:
@@ -67,33 +69,11 @@ def gguf_name(out: Path, source: dict[str, Any], outtype: str) -> Path:
     return out / f"{stem}-{outtype}.gguf"
 
 
-def _tensors(model: Any, arch: str) -> list[tuple[str, Any]]:
+def _tensors(model: Any, converter: Any) -> list[tuple[str, Any]]:
     """(GGUF name, float32 numpy array in our (out, in) layout) for every tensor."""
-    cfg = model.config
     sd = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
-    out = [("token_embd.weight", sd["wte.weight"])]
-    if arch == "gpt2":
-        out.append(("position_embd.weight", sd["wpe.weight"]))
-    C, kv = cfg.n_embd, cfg.kv_size
-    for i in range(cfg.n_layer):
-        o, b = f"h.{i}.", f"blk.{i}."
-        if arch == "llama":
-            w = sd[o + "attn.c_attn.weight"]
-            gate, up = sd[o + "mlp.c_fc.weight"][:cfg.d_ff], sd[o + "mlp.c_fc.weight"][cfg.d_ff:]
-            out += [(b + "attn_norm.weight", sd[o + "ln_1.weight"]),
-                    # Interleaved RoPE rows: already llama.cpp's layout (see the module docstring).
-                    (b + "attn_q.weight", w[:C]), (b + "attn_k.weight", w[C:C + kv]),
-                    (b + "attn_v.weight", w[C + kv:]), (b + "attn_output.weight", sd[o + "attn.c_proj.weight"]),
-                    (b + "ffn_norm.weight", sd[o + "ln_2.weight"]), (b + "ffn_gate.weight", gate),
-                    (b + "ffn_up.weight", up), (b + "ffn_down.weight", sd[o + "mlp.c_proj.weight"])]
-        else:
-            for gguf, ours in (("attn_norm", "ln_1"), ("attn_qkv", "attn.c_attn"), ("attn_output", "attn.c_proj"),
-                               ("ffn_norm", "ln_2"), ("ffn_up", "mlp.c_fc"), ("ffn_down", "mlp.c_proj")):
-                out += [(f"{b}{gguf}.weight", sd[f"{o}{ours}.weight"]), (f"{b}{gguf}.bias", sd[f"{o}{ours}.bias"])]
-    out.append(("output_norm.weight", sd["ln_f.weight"]))
-    if arch == "gpt2":
-        out.append(("output_norm.bias", sd["ln_f.bias"]))
-    if not cfg.tie_weights:
+    out = converter.gguf_tensors(sd, model.config)
+    if not model.config.tie_weights:
         out.append(("output.weight", sd["lm_head.weight"]))
     return out
 
@@ -113,7 +93,7 @@ def _encode(gguf: Any, array: Any, outtype: str) -> tuple[Any, Any]:
 
 def _card(writer: Any, model: Any, tokenizer: Any, source: dict[str, Any], name: str) -> None:
     """The model card's fields as general.* metadata."""
-    from lm_lightning.model_card import NOT_RECORDED, data_line, final_metrics, train_command
+    from lm_lightning.convert.model_card import NOT_RECORDED, data_line, final_metrics, train_command
 
     n = sum(p.numel() for p in model.parameters())
     metrics, _ = final_metrics(source)
@@ -155,12 +135,13 @@ def _writer(gguf: Any, path: Path, arch: str) -> Any:
 def write_gguf(model: Any, tokenizer: Any, path: str | Path, outtype: str = "f16",
                source: dict[str, Any] | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Write ``path`` (a .gguf file); every refusal happens before anything is written."""
-    from lm_lightning.gguf_tokenizer import add_to_writer, gguf_vocab
+    from lm_lightning.convert.gguf_vocab import add_to_writer, gguf_vocab
 
     path, source = Path(path), source or {}
     check_outtype(outtype)
     cfg = model.config
-    arch = gguf_arch(cfg)
+    converter = gguf_converter(cfg)
+    arch = converter.gguf_arch
     vocab = gguf_vocab(tokenizer, cfg.vocab_size)
     if path.exists() and not overwrite:
         raise UserError(f"{path} exists; pass overwrite=true to replace it")
@@ -182,18 +163,12 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, outtype: str = "f16
         writer.add_feed_forward_length(cfg.d_ff)
         writer.add_head_count(cfg.n_head)
         writer.add_vocab_size(cfg.vocab_size)
-        if arch == "llama":
-            writer.add_head_count_kv(cfg.n_kv_head)
-            writer.add_rope_freq_base(float(cfg.rope_theta))
-            writer.add_rope_dimension_count(cfg.head_size)
-            writer.add_layer_norm_rms_eps(float(cfg.norm_eps))
-        else:
-            writer.add_layer_norm_eps(float(cfg.norm_eps))
+        converter.gguf_hparams(writer, cfg)
         writer.add_file_type(file_type)
         if outtype == "q8_0":
             writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         add_to_writer(writer, vocab)
-        for name, array in _tensors(model, arch):
+        for name, array in _tensors(model, converter):
             data, raw = _encode(gguf, array, outtype)
             writer.add_tensor(name, data, raw_dtype=raw)
         writer.write_header_to_file()
