@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lm_lightning.train import CONF_DIR
+from lm_lightning.config.location import CONF_DIR
 
 
 def compose(overrides: list[str]):

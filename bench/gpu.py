@@ -58,7 +58,7 @@ def fits(batch: int) -> bool:
 
 def mfu_run(runs_root: str, steps: int = 60, compile_mode: str = "true") -> dict:
     from lm_lightning.model import GPT, ModelConfig
-    from lm_lightning.train import train
+    from lm_lightning.run.session import train
 
     batch = next(b for b in (96, 64, 48, 32, 24, 16, 8) if fits(b))
     cfg = compose([*_base_overrides(batch, steps, compile_mode), f"paths.runs_root={runs_root}", "run_name=mfu"])
@@ -81,7 +81,7 @@ def base_overhead(runs_root: str, batch: int, steps: int = 40) -> dict:
 
 def activation_checkpointing(runs_root: str, batch: int, steps: int = 30) -> list[dict]:
     """The cost of model.activation_checkpointing=true: time per step against peak memory."""
-    from lm_lightning.train import train
+    from lm_lightning.run.session import train
 
     out = []
     for flag in (False, True):
@@ -102,7 +102,7 @@ def collatz_gpu(runs_root: str, workers: int, steps: int = 150) -> dict:
           "trainer.limit_val_batches=0", "logger=csv", "~callbacks.checkpointing",
           "+callbacks.step_timer._target_=bench.timing.StepTimer", "+callbacks.step_timer.warmup=20",
           f"paths.runs_root={runs_root}"]
-    from lm_lightning.train import train
+    from lm_lightning.run.session import train
 
     with contextlib.redirect_stdout(None):
         train(compose(ov))

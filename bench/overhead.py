@@ -28,7 +28,7 @@ def overrides_for(model: str, steps: int, device: str, batch: int, block: int, p
 
 def trainer_ms_per_step(overrides: list[str], runs_root: str, stat: str = "mean") -> tuple[float, float]:
     from bench import timing
-    from lm_lightning.train import train
+    from lm_lightning.run.session import train
 
     cfg = compose([*overrides, f"paths.runs_root={runs_root}"])
     with contextlib.redirect_stdout(None):
@@ -46,10 +46,10 @@ def plain_ms_per_step(overrides: list[str], warmup: int = 3, stat: str = "mean")
     from lm_lightning.module import LMModule
     from lm_lightning.objectives import multi_task_loss
     from lm_lightning.optim.build import build_optimizer
-    from lm_lightning.train import check
+    from lm_lightning.run.plan import prepare
 
     cfg = compose(overrides)
-    checked = check(cfg)
+    checked = prepare(cfg)
     torch.manual_seed(cfg.seed)
     device = torch.device("cuda" if cfg.trainer.accelerator in ("gpu", "cuda") else "cpu")
     dm = checked.datamodule
@@ -130,10 +130,10 @@ def optimizer_step_ms(model: str = "small", repeats: int = 50) -> dict:
 
     from lm_lightning.module import LMModule
     from lm_lightning.optim.build import build_optimizer
-    from lm_lightning.train import check
+    from lm_lightning.run.plan import prepare
 
     cfg = compose([f"model={model}"])
-    checked = check(cfg)
+    checked = prepare(cfg)
     module = LMModule(checked.model_cfg, {k: v for k, v in cfg.loss.weights.items() if k in checked.datamodule.objectives})
     params = [p for p in module.parameters() if p.requires_grad]
     out = {"model": model, "params": sum(p.numel() for p in params)}

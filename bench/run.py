@@ -60,7 +60,7 @@ def section_collatz() -> dict:
 
     from bench import collatz_speed, timing
     from bench.compose import compose
-    from lm_lightning.train import train
+    from lm_lightning.run.session import train
 
     speed = collatz_speed.measure(batch_size=512, max_len=256, repeats=3)
     cfg = compose(["trainer.max_steps=80", "trainer.val_check_interval=1000", "trainer.limit_val_batches=0",

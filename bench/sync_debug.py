@@ -40,7 +40,7 @@ class ProfileSteps(pl.Callback):
 
 
 def main() -> None:
-    from lm_lightning.train import train
+    from lm_lightning.run.session import train
 
     overrides = [*sys.argv[1:], "+callbacks.profile_steps._target_=bench.sync_debug.ProfileSteps", "logger=csv",
                  "~callbacks.checkpointing", "trainer.limit_val_batches=0", "trainer.enable_model_summary=false",

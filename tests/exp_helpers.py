@@ -31,7 +31,7 @@ def run_main(monkeypatch, argv: list[str]) -> None:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
-    from lm_lightning import train as train_mod
+    from lm_lightning.cli import train as train_mod
 
     monkeypatch.setattr(sys, "argv", ["train.py", *argv])
     try:

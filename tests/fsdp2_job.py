@@ -1,7 +1,7 @@
 """Runs of train() inside one torchrun job, for tests/test_fsdp2.py (importing Lightning once per rank).
 
 ``torchrun --nproc_per_node=N tests/fsdp2_job.py SPEC.json``: SPEC is a list of runs, each
-``{"name": ..., "overrides": [...]}``; every run is ``lm_lightning.train.train`` on a config
+``{"name": ..., "overrides": [...]}``; every run is ``lm_lightning.run.session.train`` on a config
 composed from conf/ with those overrides, all ranks together. The :class:`Recorder` callback
 (added through the overrides) writes what the test asserts on.
 """
@@ -63,7 +63,8 @@ def _checkpointed_blocks(pl_module) -> int:
 def main(spec_file: str) -> None:
     from hydra import compose, initialize_config_dir
 
-    from lm_lightning.train import CONF_DIR, train
+    from lm_lightning.config.location import CONF_DIR
+    from lm_lightning.run.session import train
 
     runs = json.loads(Path(spec_file).read_text())
     for run in runs:

@@ -27,7 +27,7 @@ def compose(tmp_path: Path, overrides: list[str], run_name: str = "run"):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from lm_lightning.train import CONF_DIR
+    from lm_lightning.config.location import CONF_DIR
 
     base = TINY
     if any(o.startswith("data=") for o in overrides):  # another data source: no Collatz-only keys
@@ -38,7 +38,7 @@ def compose(tmp_path: Path, overrides: list[str], run_name: str = "run"):
 
 
 def train_run(tmp_path: Path, overrides: list[str], run_name: str = "run") -> dict[str, Any]:
-    from lm_lightning.train import train
+    from lm_lightning.run.session import train
 
     return train(compose(tmp_path, overrides, run_name))
 

@@ -12,8 +12,8 @@ import torch
 from reliability_helpers import ROOT, train_run
 
 from lm_lightning.ckpt.read import read_checkpoint
+from lm_lightning.cli.train import precheck
 from lm_lightning.errors import UserError
-from lm_lightning.train import precheck
 
 BASE = ["model=tiny", "trainer=debug", "logger=none"]
 

@@ -11,10 +11,10 @@ import pytest
 from conftest import CONF, compose, run_train
 from omegaconf import OmegaConf
 
+from lm_lightning.cli.train import precheck
 from lm_lightning.config.schema import leaves, spec_for, validate
 from lm_lightning.config.spec import Float, Int, ListOf, choice, maybe
 from lm_lightning.errors import UserError
-from lm_lightning.train import precheck
 
 # Presets whose keys only appear when selected (text data, Muon, SGD, WSD, plateau, DDP, a tokenizer).
 BASES = [

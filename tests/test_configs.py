@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 from lm_lightning.errors import UserError
 from lm_lightning.model import GPT, ModelConfig
 from lm_lightning.optim.build import build_optimizer
-from lm_lightning.train import check, instantiate_group
+from lm_lightning.run.plan import prepare
+from lm_lightning.run.session import instantiate_group
 
 # Groups whose options are exercised elsewhere (experiments have their own smoke test) or that
 # configure Hydra itself.
@@ -59,9 +60,9 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
     cfg = compose(overrides)
     if group == "trainer" and cfg.trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
         with pytest.raises(UserError, match="trainer=cpu"):
-            check(cfg)
+            prepare(cfg)
         return
-    checked = check(cfg)
+    checked = prepare(cfg)
     model_cfg = checked.model_cfg
     assert isinstance(model_cfg, ModelConfig)
     assert model_cfg.vocab_size == checked.datamodule.vocab_size
@@ -118,9 +119,9 @@ def test_bad_values_are_user_errors(overrides, message):
     if message is None:
         # An unknown Trainer argument only fails when the trainer is built: it must still be a
         # clean error from instantiate, not a silent pass.
-        check(cfg)
+        prepare(cfg)
         with pytest.raises(Exception, match="bogus_arg"):
             instantiate(cfg.trainer, precision="32-true", logger=False)
         return
     with pytest.raises(UserError, match=message):
-        check(cfg)
+        prepare(cfg)

@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from reliability_helpers import signal_and_reap
 
 from lm_lightning.data.collatz import CollatzDataModule, CollatzStream
+from lm_lightning.errors import UserError
 from lm_lightning.run.distributed import (
     effective_batch_size,
     env_is_global_zero,
@@ -30,7 +31,6 @@ from lm_lightning.run.distributed import (
     launches_in_process,
     shared_run_dir_problem,
 )
-from lm_lightning.errors import UserError
 
 # Every parity vector of n >= 2^20 is longer than 16 bits, so at block_size=16 every row has
 # 16 labels: per-rank token means then average exactly to the global token mean.
@@ -135,7 +135,7 @@ def test_distributed_presets_compose_and_instantiate():
     from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
     from lm_lightning.run.distributed import build_bare_trainer
-    from lm_lightning.train import check
+    from lm_lightning.run.plan import prepare
 
     ddp = compose(["trainer=ddp"])
     assert ddp.trainer.devices == "auto" and ddp.trainer.strategy.process_group_backend == "nccl"
@@ -153,7 +153,7 @@ def test_distributed_presets_compose_and_instantiate():
                      "trainer.strategy.process_group_backend=gloo", "trainer.precision=32-true"])
     assert multi.trainer.num_nodes == 2
     with pytest.raises(UserError, match="run_name"):
-        check(multi)
+        prepare(multi)
     trainer = build_bare_trainer(compose(["trainer=multinode", "trainer.accelerator=cpu", "trainer.devices=1",
                                           "trainer.strategy.process_group_backend=gloo"]).trainer, "32-true")
     assert trainer.world_size == 2 and trainer.num_nodes == 2
@@ -162,7 +162,7 @@ def test_distributed_presets_compose_and_instantiate():
 
 
 def test_multirun_with_in_process_ddp_is_refused(monkeypatch, capsys, tmp_path):
-    from lm_lightning import train as train_mod
+    from lm_lightning.cli import train as train_mod
 
     argv = ["-m", "trainer=ddp_cpu", "model=tiny", "optimizer.lr=1e-3,3e-4", f"paths.runs_root={tmp_path}/outs"]
     monkeypatch.setattr(sys, "argv", ["train.py", *argv])
@@ -182,7 +182,7 @@ def test_multirun_with_in_process_ddp_is_refused(monkeypatch, capsys, tmp_path):
 
 def test_separately_launched_ranks_need_run_name(monkeypatch, capsys, tmp_path):
     """Under torchrun each rank composes its own timestamped directory: refuse before any is made."""
-    from lm_lightning import train as train_mod
+    from lm_lightning.cli import train as train_mod
 
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
                        "GROUP_RANK": "0"}.items():
@@ -211,7 +211,7 @@ def test_submitit_slurm_launcher_composes():
     built = instantiate(launcher)
     assert type(built).__name__ == "SlurmLauncher" and built.params["tasks_per_node"] == 4
     # Its jobs start as SLURM tasks: no in-process launch to refuse at submission time.
-    from lm_lightning import train as train_mod
+    from lm_lightning.cli import train as train_mod
 
     train_mod.refuse_multirun_ddp(["-m", "hydra/launcher=submitit_slurm", "trainer=ddp_cpu", "optimizer.lr=1,2"])
 

@@ -19,7 +19,7 @@ from lm_lightning.data import tokenizers as T
 from lm_lightning.data.text import TextDataModule
 from lm_lightning.data.tokens import TokenFile, read_meta
 from lm_lightning.errors import UserError
-from lm_lightning.train import check
+from lm_lightning.run.plan import prepare
 
 WORDS = "the cat sat on a mat and the dog ran far away into the dark woods".split()
 
@@ -271,7 +271,7 @@ def test_bad_boundary_settings_are_one_line_user_errors(tmp_path, bad, match):
     bad = [o.replace("=A", f"={tmp_path / 'a.txt'}") for o in bad]
     cfg = compose(tmp_path, [*data, f"data.train_path={tmp_path / 'a.txt'}", *bad])
     with pytest.raises(UserError, match=match):
-        check(cfg)
+        prepare(cfg)
 
 
 def test_hub_boundaries_need_to_know_what_a_document_is(tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from exp_helpers import CONF, compose
 
-from lm_lightning.train import train
+from lm_lightning.run.session import train
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml") if not p.stem.startswith("_"))
 

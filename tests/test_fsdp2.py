@@ -57,7 +57,8 @@ def _train_here(root: Path, name: str, overrides: list[str]) -> dict:
     """A one-process run in this pytest process (the test directory is on sys.path)."""
     from hydra import compose, initialize_config_dir
 
-    from lm_lightning.train import CONF_DIR, train
+    from lm_lightning.config.location import CONF_DIR
+    from lm_lightning.run.session import train
 
     if str(TESTS) not in sys.path:
         sys.path.insert(0, str(TESTS))

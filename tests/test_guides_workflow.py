@@ -19,7 +19,7 @@ import torch
 from exp_helpers import CONF, compose
 from test_experiments import fixture_overrides
 
-from lm_lightning.train import train
+from lm_lightning.run.session import train
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml") if not p.stem.startswith("_"))
 # A model, batch and evaluation small enough for seconds on a CPU, whatever the recipe's size.

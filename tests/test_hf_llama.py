@@ -173,7 +173,7 @@ def compose(folder, *overrides):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from lm_lightning.train import CONF_DIR
+    from lm_lightning.config.location import CONF_DIR
 
     base = [f"paths.runs_root={folder['tmp'] / 'runs'}", f"data.cache_dir={folder['tmp'] / 'cache'}", "logger=none",
             "model=llama", f"model.init_from={folder['dir']}", "data=text", f"data.train_path={folder['train']}",
@@ -184,10 +184,11 @@ def compose(folder, *overrides):
 
 def test_init_from_sets_the_shape_and_loads_the_weights(folder):
     from lm_lightning.convert.llama import from_hf_state
-    from lm_lightning.train import check, init_weights
+    from lm_lightning.run.plan import prepare
+    from lm_lightning.run.session import init_weights
 
     cfg = compose(folder, "tokenizer=byte")  # the llama preset says 8 layers, 8 heads, 512 wide
-    model_cfg = check(cfg).model_cfg
+    model_cfg = prepare(cfg).model_cfg
     want = dict(n_layer=2, n_head=4, n_kv_head=2, n_embd=64, d_ff=96, vocab_size=300, block_size=32, norm_eps=1e-5,
                 tie_weights=True, norm="rmsnorm", mlp="swiglu", pos_emb="rope", bias=False)
     assert {k: getattr(model_cfg, k) for k in want} == want
@@ -200,7 +201,7 @@ def test_init_from_sets_the_shape_and_loads_the_weights(folder):
 @pytest.fixture(scope="module")
 def finetuned(folder):
     """model=llama model.init_from=DIR tokenizer=hf (its path: the init_from folder), 2 steps."""
-    from lm_lightning.train import train
+    from lm_lightning.run.session import train
 
     summary = train(compose(folder, "tokenizer=hf", "run_name=ft", "trainer.max_steps=2",
                             "trainer.val_check_interval=2"))
@@ -297,7 +298,7 @@ def _bad_folders(tmp: Path) -> dict[str, Path]:
     ("good", ["tokenizer=char", "+model.vocab_size=512"], "model.vocab_size=512 but the folder has 300"),
 ])
 def test_bad_init_from_is_one_line_and_exit_2(folder, case, extra, message, capsys):
-    from lm_lightning.train import precheck
+    from lm_lightning.cli.train import precheck
 
     path = folder["dir"] if case == "good" else _bad_folders(folder["tmp"] / f"bad-{case}")[case]
     argv = [f"paths.runs_root={folder['tmp'] / 'bad-runs'}", "run_name=bad", f"data.cache_dir={folder['tmp'] / 'c'}",
@@ -327,7 +328,7 @@ def test_train_cli_refuses_a_mistral_folder(folder):
 def test_init_from_hub_name_offline_is_user_error(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
-    from lm_lightning.train import init_weights
+    from lm_lightning.run.session import init_weights
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))

@@ -17,13 +17,13 @@ from reliability_helpers import read_losses, train_run
 
 from lm_lightning.callbacks.anomaly import AnomalyGuard
 from lm_lightning.ckpt.read import read_checkpoint
+from lm_lightning.cli.train import precheck
 from lm_lightning.model import GPT, ModelConfig
 from lm_lightning.module import LMModule
 from lm_lightning.optim.build import build_optimizer
 from lm_lightning.optim.grad_norm import total_grad_norm
 from lm_lightning.optim.lookahead import Lookahead
 from lm_lightning.optim.muon import MuonAdamW
-from lm_lightning.train import precheck
 
 BLOCK_MATRICES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 
@@ -244,7 +244,7 @@ def test_ddp_update_matches_one_process_on_the_global_batch(tmp_path):
 
     from lm_lightning.data.collatz import CollatzDataModule, CollatzStream
     from lm_lightning.objectives import multi_task_loss
-    from lm_lightning.train import scheduler_factory
+    from lm_lightning.run.session import scheduler_factory
 
     probe = tmp_path / "probe"
     probe.mkdir()

@@ -30,12 +30,13 @@ def first_fit(tmp_path_factory):
     and its console output captured: (warnings, stdout, model config)."""
     from conftest import compose
 
-    from lm_lightning.train import check, train
+    from lm_lightning.run.plan import prepare
+    from lm_lightning.run.session import train
 
     out_root = tmp_path_factory.mktemp("first") / "outputs"
     cfg = compose([*TINY, f"paths.runs_root={out_root}", "run_name=first", "trainer.max_steps=2",
                    "trainer.enable_model_summary=true", "logger=none"])
-    model_cfg = check(cfg.copy()).model_cfg
+    model_cfg = prepare(cfg.copy()).model_cfg
     buf = io.StringIO()
     with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(buf):
         warnings.simplefilter("always")
@@ -145,7 +146,7 @@ def test_wheel_ships_the_configs_and_trains_from_them(tmp_path):
         assert done.returncode == 0, done.stderr[-2000:]
         return done.stdout
 
-    where = py("-c", "import lm_lightning, lm_lightning.train as t; print(lm_lightning.__file__); print(t.CONF_DIR)")
+    where = py("-c", "import lm_lightning, lm_lightning.config.location as t; print(lm_lightning.__file__); print(t.CONF_DIR)")
     module_file, conf_dir = where.split()
     assert Path(module_file).is_relative_to(site), f"imported {module_file}, not the wheel's copy"
     assert Path(conf_dir) == site / "lm_lightning" / "conf"

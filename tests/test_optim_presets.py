@@ -14,7 +14,8 @@ from lm_lightning.optim.build import build_optimizer
 from lm_lightning.optim.groups import layer_id, param_groups
 from lm_lightning.optim.lookahead import Lookahead
 from lm_lightning.optim.schedules import constant, warmup_linear
-from lm_lightning.train import check, train
+from lm_lightning.run.plan import prepare
+from lm_lightning.run.session import train
 
 
 def net(n_layer: int = 3) -> GPT:
@@ -92,7 +93,7 @@ def test_freezing_embeddings_and_first_layers(tmp_path):
     in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
     assert in_opt == {id(p) for p in model.parameters() if p.requires_grad}
     with pytest.raises(UserError, match="freeze_layers must be in"):
-        check(compose(["model=tiny", "optimizer.freeze_layers=3"]))
+        prepare(compose(["model=tiny", "optimizer.freeze_layers=3"]))
 
 
 def test_frozen_weights_do_not_move_in_training(tmp_path):
@@ -109,7 +110,7 @@ def test_frozen_weights_do_not_move_in_training(tmp_path):
     from lm_lightning.module import LMModule
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    init = LMModule(model=check(cfg).model_cfg, loss_weights=dict(cfg.loss.weights)).model.state_dict()
+    init = LMModule(model=prepare(cfg).model_cfg, loss_weights=dict(cfg.loss.weights)).model.state_dict()
     assert torch.equal(trained["wte.weight"], init["wte.weight"])
     assert torch.equal(trained["h.0.attn.c_attn.weight"], init["h.0.attn.c_attn.weight"])
     assert not torch.equal(trained["h.1.attn.c_attn.weight"], init["h.1.attn.c_attn.weight"])

@@ -9,7 +9,8 @@ import torch
 from exp_helpers import TINY, compose
 
 from lm_lightning.errors import UserError
-from lm_lightning.train import check, train
+from lm_lightning.run.plan import prepare
+from lm_lightning.run.session import train
 
 HARDWARE = {
     # preset: (accelerator, precision, micro-batch, accumulation, workers)
@@ -35,7 +36,7 @@ def test_hardware_preset_sets_precision_batch_accumulation_workers(preset):
     assert compose([f"trainer={preset}", "data.batch_size=3"]).data.batch_size == 3
     if accelerator == "gpu" and not torch.cuda.is_available():
         with pytest.raises(UserError, match="no CUDA GPU is available on this machine; use trainer=cpu"):
-            check(cfg)
+            prepare(cfg)
 
 
 def test_documented_gpu_form_exits_2_with_hint_on_cpu(monkeypatch, capsys, tmp_path):

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from lm_lightning import recipes
 from lm_lightning.errors import UserError
-from lm_lightning.train import check
+from lm_lightning.run.plan import prepare
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml") if not p.stem.startswith("_"))
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml") if not p.stem.startswith("_"))
@@ -120,7 +120,7 @@ def test_both_batch_keys_and_the_effective_batch_win():
 def test_a_micro_batch_that_does_not_divide_is_one_user_error():
     cfg = compose(["experiment=collatz", "data.batch_size=3"])
     with pytest.raises(UserError, match=r"data.batch_size=3 does not divide effective_batch_size=512") as info:
-        check(cfg)
+        prepare(cfg)
     assert "\n" not in str(info.value)
 
 

@@ -203,7 +203,9 @@ def test_multirun_jobs_write_to_their_own_directory(tmp_path):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from lm_lightning.train import CONF_DIR, check, output_dir
+    from lm_lightning.config.location import CONF_DIR
+    from lm_lightning.run.plan import prepare
+    from lm_lightning.run.rundir import output_dir
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name="train", overrides=["model=tiny", f"paths.runs_root={tmp_path}",
@@ -217,7 +219,7 @@ def test_multirun_jobs_write_to_their_own_directory(tmp_path):
         with open_dict(cfg):
             cfg.paths.output_dir = str(output_dir(cfg))  # what train() does first
             del cfg["hydra"]
-        check(cfg)  # resolves every interpolation
+        prepare(cfg)  # resolves every interpolation
     finally:
         HydraConfig.instance().cfg = None
     assert cfg.callbacks.checkpointing.dirpath == f"{job_dir}/checkpoints"

@@ -239,7 +239,8 @@ def test_bad_switch_values_exit_2_with_one_line(tmp_path, capsys, override, mess
 def test_speedrun_with_every_switch_resumes_bitwise(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from lm_lightning.train import CONF_DIR, train
+    from lm_lightning.config.location import CONF_DIR
+    from lm_lightning.run.session import train
 
     rng = np.random.default_rng(0)
     words = ["to", "be", "or", "not", "the", "king", "shall", "love", "\n", "sweet"]

@@ -145,7 +145,7 @@ def test_import_lm_lightning_stays_light():
 # -- failed trials -----------------------------------------------------------------------------
 @pytest.mark.parametrize("failure", ["nan", "oom"])
 def test_failed_sweep_job_returns_none_and_is_recorded(monkeypatch, tmp_path, failure):
-    from lm_lightning import train as train_mod
+    from lm_lightning.cli import train as train_mod
 
     cfg = compose([f"paths.runs_root={tmp_path}", "run_name=job"])
 
@@ -156,13 +156,13 @@ def test_failed_sweep_job_returns_none_and_is_recorded(monkeypatch, tmp_path, fa
         return {"status": "finished", "metrics": {"val/loss": float("nan")}}
 
     monkeypatch.setattr(train_mod, "train", fake_train)
-    monkeypatch.setattr(train_mod, "_is_multirun", lambda: True)
+    monkeypatch.setattr(train_mod, "is_multirun", lambda: True)
     assert train_mod.task(cfg) is None
     if failure == "oom":
         (rec,) = runs.read_runs(tmp_path)
         assert rec["status"] == "failed" and "out of memory" in rec["error"]
         assert "OutOfMemoryError" in (tmp_path / "job" / "traceback.txt").read_text()
-        monkeypatch.setattr(train_mod, "_is_multirun", lambda: False)
+        monkeypatch.setattr(train_mod, "is_multirun", lambda: False)
         with pytest.raises(torch.cuda.OutOfMemoryError):  # a single run fails loudly
             train_mod.task(cfg)
 

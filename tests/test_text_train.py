@@ -10,8 +10,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from lm_lightning.ckpt.load import load_checkpoint
+from lm_lightning.config.location import CONF_DIR
 from lm_lightning.errors import UserError
-from lm_lightning.train import CONF_DIR, train
+from lm_lightning.run.session import train
 
 WORDS = "the cat sat on a mat and the dog ran far away into the dark woods".split()
 

@@ -13,8 +13,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from lm_lightning.config.location import CONF_DIR
 from lm_lightning.errors import UserError
-from lm_lightning.train import CONF_DIR, train
+from lm_lightning.run.session import train
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = "the cat sat on a mat and the dog ran far away".split()
@@ -170,7 +171,7 @@ def test_init_from_local_gpt2_weights_and_mismatch_errors(tmp_path):
 
     from lm_lightning.convert.gpt2 import from_hf_state
     from lm_lightning.model import ModelConfig
-    from lm_lightning.train import init_weights
+    from lm_lightning.run.session import init_weights
 
     hf = random_hf_gpt2()
     hf.save_pretrained(str(tmp_path / "gpt2-local"))
@@ -191,7 +192,7 @@ def test_init_from_hub_offline_is_user_error(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
     from lm_lightning.model import ModelConfig
-    from lm_lightning.train import init_weights
+    from lm_lightning.run.session import init_weights
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))

@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import ROOT, run_train
 
-from lm_lightning.train import train
+from lm_lightning.run.session import train
 
 FAST = ["model=tiny", "trainer=debug", "data.batch_size=16", "data.block_size=32", "data.val_samples=64"]
 
@@ -82,7 +82,7 @@ def test_collatz_model_beats_baselines(make_cfg, capsys):
 
 
 def _main_exit(monkeypatch, capsys, argv):
-    from lm_lightning import train as train_mod
+    from lm_lightning.cli import train as train_mod
 
     monkeypatch.setattr(sys, "argv", ["train.py", *argv])
     with pytest.raises(SystemExit) as info:

@@ -11,8 +11,9 @@ from conftest import compose
 from hydra.utils import instantiate
 from test_control import fit_to_time_for_four_steps
 
+from lm_lightning.cli.train import precheck
 from lm_lightning.optim.schedules import WarmupStableDecay, wsd
-from lm_lightning.train import precheck, scheduler_factory
+from lm_lightning.run.session import scheduler_factory
 
 # warmup 10, 100 steps, the last 20 % decay: steps 0-9 warm up, 10-79 are constant, 80-100 decay.
 LEFT_AT_90 = {"linear": 0.5, "cosine": 0.5, "1-sqrt": 1 - math.sqrt(0.5)}

@@ -35,6 +35,7 @@ class ResumePlan:
     path: Path | None = None
     global_step: int = 0
     skipped: tuple[Path, ...] = ()
+    why_skipped: tuple[str, ...] = ()  # one reason per skipped checkpoint
 
 
 def _order(p: Path) -> tuple:
@@ -95,6 +96,7 @@ def newest_valid(ckpt_dir: Path, model_arch: dict[str, Any] | None, quiet: bool 
     An incompatible model is not skipped: resuming someone else's run by accident is an error.
     """
     skipped: list[Path] = []
+    why: list[str] = []
     for path in candidates(ckpt_dir):
         try:
             ckpt = validate(path, model_arch)
@@ -102,12 +104,28 @@ def newest_valid(ckpt_dir: Path, model_arch: dict[str, Any] | None, quiet: bool 
             if "incompatible model" in str(exc):
                 raise
             if not quiet:
-                print(f"warning: skipping unusable checkpoint {path}: {exc}", file=sys.stderr, flush=True)
-                log.warning("skipping unusable checkpoint %s: %s", path, exc)
+                warn_skipped(path, str(exc))
             skipped.append(path)
+            why.append(str(exc))
             continue
-        return ResumePlan(path=path, global_step=int(ckpt.get("global_step", 0)), skipped=tuple(skipped))
-    return ResumePlan(skipped=tuple(skipped))
+        return ResumePlan(path=path, global_step=int(ckpt.get("global_step", 0)), skipped=tuple(skipped),
+                          why_skipped=tuple(why))
+    return ResumePlan(skipped=tuple(skipped), why_skipped=tuple(why))
+
+
+def warn_skipped(path: Path, why: str) -> None:
+    print(f"warning: skipping unusable checkpoint {path}: {why}", file=sys.stderr, flush=True)
+    log.warning("skipping unusable checkpoint %s: %s", path, why)
+
+
+def for_run(plan: ResumePlan, cfg: Any) -> ResumePlan:
+    """A plan made quietly (before the run directory existed), made ready for the run: the
+    skipped checkpoints are warned about, and the checkpoint is one this strategy can load."""
+    for path, why in zip(plan.skipped, plan.why_skipped):
+        warn_skipped(path, why)
+    if plan.path is not None:
+        plan.path = for_strategy(plan.path, cfg)
+    return plan
 
 
 def plan_resume(cfg: Any, run_dir: Path, model_arch: dict[str, Any] | None, quiet: bool = False) -> ResumePlan:
