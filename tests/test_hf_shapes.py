@@ -37,3 +37,23 @@ def test_gpt2_refuses_what_gpt2_lacks(extra, key):
 def test_llama_refuses_what_llama_lacks(extra, key):
     problems = llama_shape_problems(ModelConfig(**{**LLAMA, **extra}))
     assert len(problems) == 1 and problems[0].startswith(f"model.{key}=")
+
+
+def test_the_registry_finds_each_converter_by_name_shape_and_folder(tmp_path):
+    import json
+
+    from lm_lightning.convert import for_config, for_name, for_source
+    from lm_lightning.errors import UserError
+
+    assert for_name("llama").hf_architecture == "LlamaForCausalLM" and for_name("gpt2").gguf_arch == "gpt2"
+    with pytest.raises(UserError, match="no Hugging Face converter for 'mamba'"):
+        for_name("mamba")
+    assert for_config(ModelConfig(**GPT2))[0] is for_name("gpt2")
+    found, problems = for_config(ModelConfig(**{**LLAMA, "qk_norm": True}))
+    assert found is None and problems["llama"] == ["model.qk_norm=True (Llama has False)"]
+    for kind in ("llama", "gpt2"):
+        (tmp_path / kind).mkdir()
+        (tmp_path / kind / "config.json").write_text(json.dumps({"model_type": kind}))
+        assert for_source(str(tmp_path / kind)) is for_name(kind)
+    with pytest.raises(UserError, match="no config.json in that folder"):
+        for_source(str(tmp_path))

@@ -28,6 +28,7 @@ class Converter:
     """Base class: subclasses set the names and implement the mappings."""
 
     name = ""  # our preset (model=NAME) and registry key
+    label = ""  # how messages name the architecture ("GPT-2")
     hf_architecture = ""  # the transformers class, as config.json's "architectures" names it
     hf_model_type = ""  # config.json's "model_type"
     gguf_arch = ""  # general.architecture in a .gguf
@@ -40,10 +41,6 @@ class Converter:
         problems = self.shape_problems(cfg)
         if problems:
             raise UserError(f"not {self.label}'s architecture: " + ", ".join(problems) + hint)
-
-    @property
-    def label(self) -> str:
-        return {"gpt2": "GPT-2", "llama": "Llama"}.get(self.name, self.name)
 
     def config_to_hf(self, cfg: ModelConfig, bos_token_id: int | None = None, eos_token_id: int | None = None):
         raise NotImplementedError

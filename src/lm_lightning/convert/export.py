@@ -30,14 +30,6 @@ from lm_lightning.errors import UserError
 FORMATS = ("auto", "hf", "native", "gguf", "all")
 
 
-def hf_target(cfg: Any) -> tuple[str | None, dict[str, list[str]]]:
-    """('gpt2' | 'llama' | None, the problems for each transformers class)."""
-    from lm_lightning.convert.registry import for_config
-
-    found, problems = for_config(cfg)
-    return (found.name if found else None), problems
-
-
 def export(model: Any, tokenizer: Any, out: str | Path, fmt: str = "auto",
            source: dict[str, Any] | None = None, outtype: str = "f16", overwrite: bool = False) -> dict[str, Any]:
     """Write the folder; ``source`` (checkpoint path, step, run config, command) feeds the model card."""

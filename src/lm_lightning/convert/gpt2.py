@@ -83,6 +83,7 @@ def gpt_from_hf(hf_model: Any) -> GPT:
 
 class GPT2Converter(Converter):
     name, hf_architecture, hf_model_type, gguf_arch = "gpt2", "GPT2LMHeadModel", "gpt2", "gpt2"
+    label = "GPT-2"
     ids_from_tokenizer = False  # GPT-2's config has its own end-of-text id (50256) when the vocabulary does
 
     def shape_problems(self, cfg: ModelConfig) -> list[str]:
@@ -119,11 +120,6 @@ class GPT2Converter(Converter):
             raise UserError(f"export: weights do not map onto GPT2LMHeadModel (missing {missing[:3]}, "
                             f"unexpected {unexpected[:3]})")
         return hf
-
-    def gpt_from_hf(self, hf_model: Any, block_size: int | None = None) -> GPT:
-        model = GPT(config_from_hf(hf_model.config, block_size))
-        model.load_state_dict(from_hf_state(hf_model.state_dict(), block_size), strict=False)
-        return model.eval()
 
     def pretrained_state(self, name: str, cfg: ModelConfig) -> dict[str, torch.Tensor]:
         """Hugging Face GPT-2 weights for ``model.init_from=NAME``, checked against the run's model."""

@@ -140,6 +140,7 @@ def hf_llama_from_gpt(model: GPT, bos_token_id: int | None = None, eos_token_id:
 
 class LlamaConverter(Converter):
     name, hf_architecture, hf_model_type, gguf_arch = "llama", "LlamaForCausalLM", "llama", "llama"
+    label = "Llama"
 
     def shape_problems(self, cfg: ModelConfig) -> list[str]:
         return llama_shape_problems(cfg)
