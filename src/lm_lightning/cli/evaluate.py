@@ -55,7 +55,9 @@ def build_datamodule(data_cfg: dict[str, Any], tokenizer: Any, vocab_size: int):
         raise
     except Exception as exc:
         raise UserError(" ".join(str(exc.__cause__ or exc).split())) from exc
-    if not hasattr(dm, "use_tokenizer"):
+    from lm_lightning.data.base import LMDataModule
+
+    if not (isinstance(dm, LMDataModule) and dm.uses_tokenizer):
         raise UserError(f"{data_cfg.get('_target_')} is not a text data module")
     dm.use_tokenizer(tokenizer, vocab_size)
     return dm
