@@ -93,7 +93,7 @@ class ProbeCollatz(CollatzDataModule):
     def train_dataloader(self):
         with open(self.probe_file, "a") as f:
             f.write(json.dumps({"global_step": self.trainer.global_step,
-                                "start": self._start_step()}) + "\n")
+                                "start": self.start_step()}) + "\n")
         return super().train_dataloader()
 
 
