@@ -12,11 +12,11 @@ def _register_resolvers() -> None:
     if not OmegaConf.has_resolver("lm.or"):
         OmegaConf.register_new_resolver("lm.or", lambda value, default: default if value is None else value)
     # `${lm.run_id:TIMESTAMP}`: an unnamed run's directory name, stable for the same command
-    # (rerunning resumes), or TIMESTAMP with fresh=true (lm_lightning.run.resume.run_dir_name).
+    # (rerunning resumes), or TIMESTAMP with fresh=true (lm_lightning.run.identity.run_dir_name).
     if not OmegaConf.has_resolver("lm.run_id"):
 
         def run_id(timestamp, _root_):
-            from lm_lightning.run.resume import run_dir_name
+            from lm_lightning.run.identity import run_dir_name
 
             return run_dir_name(_root_, str(timestamp))
 

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lm_lightning.config import resolve as resolution
 from lm_lightning.errors import UserError, one_line, user_errors
+
+if TYPE_CHECKING:  # the data contract (imports Lightning)
+    from lm_lightning.data.base import LMDataModule
+    from lm_lightning.model import ModelConfig
 
 # Where the run writes: the task pins these to Hydra's job directory, so they are not the config.
 RUN_DIR_KEYS = ("run_dir", "output_dir")
@@ -26,8 +30,8 @@ RUN_DIR_KEYS = ("run_dir", "output_dir")
 class Prepared:
     """What preparing derived from the config: enough to build the run without re-validating."""
 
-    datamodule: Any
-    model_cfg: Any
+    datamodule: LMDataModule
+    model_cfg: ModelConfig
     precision: str
     shown: dict[str, Any] = field(default_factory=dict)  # model.* keys the shown config gets
     init_kind: str | None = None  # model.init_from's format ('gpt2', 'llama'), None without one
@@ -52,17 +56,17 @@ def fingerprint(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(data))
 
 
-def use_hf_tokenizer(cfg: DictConfig, datamodule: Any) -> None:
+def use_hf_tokenizer(cfg: DictConfig, datamodule: LMDataModule) -> None:
     """``tokenizer=hf``: the fast tokenizer of ``tokenizer.path``, else of the ``model.init_from`` folder."""
     tok = cfg.data.get("tokenizer") if isinstance(cfg.data.get("tokenizer"), DictConfig) else None
-    if tok is None or tok.get("kind") != "hf" or not hasattr(datamodule, "use_tokenizer"):
+    if tok is None or tok.get("kind") != "hf" or not datamodule.uses_tokenizer:
         return
     from lm_lightning.data.tokenizers import load_hf_tokenizer
 
     datamodule.use_tokenizer(load_hf_tokenizer(tok.get("path") or cfg.model.get("init_from")))
 
 
-def build_datamodule(cfg: DictConfig) -> Any:
+def build_datamodule(cfg: DictConfig) -> LMDataModule:
     """``data``'s data module (cheap: no download or tokenizing yet), with ``tokenizer=hf`` applied."""
     from hydra.utils import instantiate
 

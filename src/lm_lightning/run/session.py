@@ -18,7 +18,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -26,6 +26,9 @@ from lm_lightning.errors import UserError, user_errors
 from lm_lightning.known_warnings import silence_known_warnings
 from lm_lightning.run import rundir
 from lm_lightning.run.plan import Prepared, fingerprint, plan_resume, prepare
+
+if TYPE_CHECKING:  # the data contract (imports Lightning)
+    from lm_lightning.data.base import LMDataModule
 
 log = logging.getLogger("lm_lightning")
 
@@ -168,14 +171,14 @@ def enable_tf32() -> None:
         torch.set_float32_matmul_precision("high")
 
 
-def prepare_early(datamodule: Any) -> None:
+def prepare_early(datamodule: LMDataModule) -> None:
     """Download and tokenize text data before the run directory exists.
 
     A dataset or tokenizer that cannot be fetched is then a user error (exit 2, nothing
     written), not a crash inside fit. Only local rank 0 prepares, as Lightning's prepare_data
     does; the other ranks find the cache. Lightning's own prepare_data call is then a cache hit.
     """
-    if getattr(datamodule, "prepare_before_run", False) and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+    if datamodule.prepare_before_run and int(os.environ.get("LOCAL_RANK", "0")) == 0:
         with user_errors(OSError, ValueError):
             datamodule.prepare_data()
 
@@ -210,11 +213,11 @@ def scheduler_factory(cfg: DictConfig):
     return instantiate(sched)
 
 
-def log_effective_batch(trainer: Any, datamodule: Any) -> dict[str, int]:
+def log_effective_batch(trainer: Any, datamodule: LMDataModule) -> dict[str, int]:
     """Print (rank 0) and log the samples per optimizer step; returned for summary.json."""
     from lm_lightning.run.distributed import effective_batch_size
 
-    micro = int(getattr(datamodule, "batch_size", 0) or 0)
+    micro = int(datamodule.batch_size)
     accumulate, world = int(trainer.accumulate_grad_batches), int(trainer.world_size)
     effective = effective_batch_size(micro, accumulate, world)
     info = {"effective_batch_size": effective, "micro_batch_size": micro,
@@ -239,12 +242,15 @@ def announce_resume(trainer: Any, plan: Any) -> str | None:
     return str(plan.path)
 
 
-def print_final_table(summary: dict[str, Any], datamodule: Any) -> None:
+def print_final_table(summary: dict[str, Any], datamodule: LMDataModule) -> None:
     """The validation metrics beside the data's baselines, when the data has baselines."""
     from lm_lightning.run.summary import print_final_table as table
 
-    if hasattr(datamodule, "baselines") and any(k.startswith("val/") for k in summary["metrics"]):
-        table(summary["metrics"], datamodule.baselines(), getattr(datamodule, "metric_titles", None))
+    if not any(k.startswith("val/") for k in summary["metrics"]):
+        return
+    baselines = datamodule.baselines()
+    if baselines:
+        table(summary["metrics"], baselines, datamodule.metric_titles)
 
 
 def is_multirun() -> bool:
