@@ -13,8 +13,8 @@ import sys
 import pytest
 from exp_helpers import ROOT, run_main
 
+from lm_lightning.cli.guide_flags import GUIDE_FLAGS, check_argv, hint, message, translate
 from lm_lightning.errors import UserError
-from lm_lightning.guide_flags import GUIDE_FLAGS, check_argv, hint, message, translate
 
 # Every `--flag` in the five guides (grep -oh -- "--[a-z][a-z0-9_-]*" on them), with the override
 # it must name when given the value 7.

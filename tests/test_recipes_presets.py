@@ -18,7 +18,7 @@ from exp_helpers import CONF, compose
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from lm_lightning import recipes
+from lm_lightning.config import recipes
 from lm_lightning.errors import UserError
 from lm_lightning.run.plan import prepare
 

@@ -21,8 +21,8 @@ def _register_resolvers() -> None:
             return run_dir_name(_root_, str(timestamp))
 
         OmegaConf.register_new_resolver("lm.run_id", run_id)
-    # Recipes fix the what (effective batch), hardware presets the how (lm_lightning.recipes).
-    from lm_lightning.recipes import RESOLVERS
+    # Recipes fix the what (effective batch), hardware presets the how (lm_lightning.config.recipes).
+    from lm_lightning.config.recipes import RESOLVERS
 
     for name, fn in RESOLVERS.items():
         if not OmegaConf.has_resolver(name):

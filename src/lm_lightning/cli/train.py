@@ -35,7 +35,7 @@ silence_known_warnings()  # at import: also covers processes that ddp_spawn star
 def main() -> None:
     import hydra
 
-    from lm_lightning.guide_flags import check_argv
+    from lm_lightning.cli.guide_flags import check_argv
 
     try:  # a guide's flag (--epochs 10): one line naming the override, before Hydra's usage
         check_argv(sys.argv[1:])

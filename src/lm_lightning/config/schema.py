@@ -49,7 +49,7 @@ SCHEMA: dict[str, Any] = {
     "fresh": Bool(),
     "ckpt_path": TEXT,
     "max_training_hours": maybe(POSITIVE),
-    # Recipes fix the what, hardware presets the how (lm_lightning/recipes.py); effective_batch_size
+    # Recipes fix the what, hardware presets the how (lm_lightning/config/recipes.py); effective_batch_size
     # and hardware.micro_batch_tokens/num_workers are below.
     "wandb_project": Str(),
     "hardware.name": Str(),

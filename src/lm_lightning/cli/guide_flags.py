@@ -2,7 +2,7 @@
 
 ``python train.py --epochs 10`` (guide 001's own command) would otherwise get Hydra's argparse
 usage, which says nothing about ``trainer.max_epochs``. :func:`check_argv` runs first in
-``train.main()``: every guide flag on the command line becomes one line, exit 2::
+``cli.train.main()``: every guide flag on the command line becomes one line, exit 2::
 
     error: --epochs is not a Hydra override; type trainer.max_epochs=10
 
