@@ -22,7 +22,7 @@ import torch
 from lm_lightning import prepare
 from lm_lightning.data import shards
 from lm_lightning.data.mixture import MixtureWindows
-from lm_lightning.data.text import TextDataModule
+from lm_lightning.data.token_data import TokenDataModule
 from lm_lightning.data.tokens import TokenFile, TokenShards
 from lm_lightning.errors import UserError
 
@@ -145,11 +145,30 @@ def test_a_killed_run_resumes_to_identical_shards(tmp_path, corpus, capsys, work
     assert all(f"{n}.json" in left for n in finished) and len(finished) == k  # ...none visible half-written
     assert "meta.json" not in left
     with pytest.raises(UserError, match="did not finish"):
-        TextDataModule(source="tokens", path=str(out), tokenizer={})
+        TokenDataModule(path=str(out), tokenizer={})
     monkeypatch.setattr(shards, "BATCH_DOCS", 1000)
     res = run([*args[:-1], "workers=1", f"out={out}"], capsys)  # workers do not change the bytes, nor resuming
     assert res["tokens_kept"] > 0 if k else res["tokens_kept"] == 0
     assert folder_digest(out) == folder_digest(tmp_path / "straight")
+
+
+def test_a_killed_single_file_run_leaves_nothing_behind_its_rerun(tmp_path, corpus, capsys):
+    d, _ = corpus
+    args = [str(d / "*.jsonl")]
+    run([*args, f"out={tmp_path / 'straight.bin'}"], capsys)
+    out = tmp_path / "killed" / "one.bin"
+    out.parent.mkdir()
+    code = "import sys; from lm_lightning import prepare; prepare.main(sys.argv[1:])"
+    env = dict(os.environ, **{shards.EXIT_AFTER_ENV: "0"})  # dies inside its (only) shard
+    proc = subprocess.run([sys.executable, "-c", code, "tokenize", *args, f"out={out}"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 9, proc.stderr
+    assert [p.name for p in out.parent.iterdir()] == ["one.bin.parts"]  # the killed run's work folder
+    res = run([*args, f"out={out}"], capsys)
+    assert res["tokens"] > 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["one.bin", "one.bin.json"]  # nothing else
+    assert out.read_bytes() == (tmp_path / "straight.bin").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["killed", "straight.bin", "straight.bin.json"]
 
 
 def test_ctrl_c_keeps_the_finished_shards(tmp_path, corpus, capsys, monkeypatch):
@@ -203,7 +222,7 @@ def test_every_input_kind_gives_the_same_tokens(tmp_path, capsys):
     run([str(jl), f"out={tmp_path / 'ch'}", "tokenizer=char", "val_tokens=100"], capsys)
     meta = json.loads((tmp_path / "ch" / "meta.json").read_text())
     assert meta["eot_id"] == meta["vocab_size"] - 1 == len(set("".join(texts)))
-    dm = TextDataModule(source="tokens", path=str(tmp_path / "ch"), tokenizer={}, block_size=8, batch_size=2)
+    dm = TokenDataModule(path=str(tmp_path / "ch"), tokenizer={}, block_size=8, batch_size=2)
     ids = np.frombuffer(shard_bytes(tmp_path / "ch", "val") + shard_bytes(tmp_path / "ch", "train"), np.uint16)
     assert dm.tokenizer.decode(ids.tolist()) == "<|endoftext|>".join(texts) + "<|endoftext|>"
 
@@ -299,8 +318,8 @@ def position_shards(tmp_path: Path, sizes: list[int], val: int = 300, name: str 
 def test_data_path_windows_are_deterministic_and_cover_every_shard(tmp_path):
     sizes = [4000, 12000, 2000, 6000]
     d = position_shards(tmp_path, sizes)
-    dm = TextDataModule(source="tokens", path=str(d), tokenizer={}, block_size=16, batch_size=8, seed=3,
-                        epoch_tokens=10**7)
+    dm = TokenDataModule(path=str(d), tokenizer={}, block_size=16, batch_size=8, seed=3,
+                         epoch_tokens=10**7)
     dm.setup()
     loader = iter(dm.train_dataloader())
     firsts = []
@@ -320,8 +339,8 @@ def test_data_path_windows_are_deterministic_and_cover_every_shard(tmp_path):
     labels = torch.cat([b["labels"][b["labels"] >= 0] for b in val])
     assert sorted(labels.tolist()) == list(range(1, 300))  # validation covers val_* whole
     # Globs of token files keep working, read as one array.
-    glob_dm = TextDataModule(source="tokens", train_path=str(d / "train_*.bin"), val_path=str(d / "val_*.bin"),
-                             dtype="uint16", vocab_size=65536, tokenizer={}, block_size=16, batch_size=8, seed=3)
+    glob_dm = TokenDataModule(train_path=str(d / "train_*.bin"), val_path=str(d / "val_*.bin"),
+                              dtype="uint16", vocab_size=65536, tokenizer={}, block_size=16, batch_size=8, seed=3)
     glob_dm.setup()
     assert len(glob_dm._datasets["train"]) == sum(sizes)
     assert torch.equal(glob_dm.train_dataloader().dataset.batch(7)["input_ids"],
@@ -329,16 +348,16 @@ def test_data_path_windows_are_deterministic_and_cover_every_shard(tmp_path):
     shards_ = glob_dm._datasets["train"]
     assert isinstance(shards_, TokenShards) and shards_.read(3990, 20).tolist() == list(range(3990, 4010))
     with pytest.raises(UserError, match="one of data.path"):
-        TextDataModule(source="tokens", path=str(d), train_path=str(d / "train_*.bin"), tokenizer={})
+        TokenDataModule(path=str(d), train_path=str(d / "train_*.bin"), tokenizer={})
     with pytest.raises(UserError, match="no meta.json"):
-        TextDataModule(source="tokens", path=str(tmp_path), tokenizer={})
+        TokenDataModule(path=str(tmp_path), tokenizer={})
 
 
 def test_mixture_proportions_over_many_batches(tmp_path):
     a = position_shards(tmp_path, [3000, 3000], name="a")
     b = position_shards(tmp_path, [5000], name="b", base=30000)
-    dm = TextDataModule(source="tokens", mixture=[{"path": str(a), "weight": 0.7}, {"path": str(b), "weight": 0.3}],
-                        tokenizer={}, block_size=16, batch_size=10, seed=0)
+    dm = TokenDataModule(mixture=[{"path": str(a), "weight": 0.7}, {"path": str(b), "weight": 0.3}],
+                         tokenizer={}, block_size=16, batch_size=10, seed=0)
     dm.setup()
     stream = dm._mixture_stream(0, 1)
     from_b = []
@@ -358,7 +377,7 @@ def test_mixture_proportions_over_many_batches(tmp_path):
     assert r0.realized(200)[1] == pytest.approx(0.3, abs=0.005)
     assert len(dm._datasets["val"]) == 600  # overall validation: every source's val_* shards
     with pytest.raises(UserError, match="weight must be a positive"):
-        TextDataModule(source="tokens", mixture=[{"path": str(a), "weight": 0}], tokenizer={})
+        TokenDataModule(mixture=[{"path": str(a), "weight": 0}], tokenizer={})
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ import torch
 from lm_lightning.data import cache
 from lm_lightning.data.sources import TextFiles, _cut_chunks
 from lm_lightning.data.text import TextDataModule
+from lm_lightning.data.token_data import TokenDataModule
 from lm_lightning.data.tokens import RandomWindows, SequentialWindows, TokenFile
 from lm_lightning.errors import UserError
 from lm_lightning.objectives import IGNORE_INDEX
@@ -25,11 +26,13 @@ def corpus(n_lines: int = 400, seed: int = 0) -> str:
     return "".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) + "\n" for _ in range(n_lines))
 
 
-def make_dm(tmp_path, **kw) -> TextDataModule:
+def make_dm(tmp_path, **kw) -> TextDataModule | TokenDataModule:
     kw.setdefault("tokenizer", {"kind": "char"})
     kw.setdefault("cache_dir", str(tmp_path / "cache"))
     kw.setdefault("block_size", 16)
     kw.setdefault("batch_size", 4)
+    if kw.get("source") == "tokens":  # token files have their own data module
+        return TokenDataModule(**{k: v for k, v in kw.items() if k != "source"})
     return TextDataModule(**kw)
 
 

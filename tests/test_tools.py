@@ -246,7 +246,7 @@ def test_prepare_tokenize_feeds_data_tokens(tmp_path, capsys):
     import numpy as np
 
     from lm_lightning import prepare
-    from lm_lightning.data.text import TextDataModule
+    from lm_lightning.data.token_data import TokenDataModule
     from lm_lightning.data.tokenizers import load_bpe_file
 
     text = corpus(300, 3)
@@ -257,6 +257,6 @@ def test_prepare_tokenize_feeds_data_tokens(tmp_path, capsys):
     tok = load_bpe_file(tmp_path / "a.bin.tokenizer.json")
     ids = np.fromfile(tmp_path / "a.bin", dtype=np.uint16)
     assert meta["tokens"] == len(ids) and ids.tolist() == tok.encode(text)
-    dm = TextDataModule(source="tokens", train_path=str(tmp_path / "a.bin"), val_path=str(tmp_path / "a.bin"),
-                        block_size=16, batch_size=2, tokenizer={})
+    dm = TokenDataModule(train_path=str(tmp_path / "a.bin"), val_path=str(tmp_path / "a.bin"),
+                         block_size=16, batch_size=2, tokenizer={})
     assert dm.vocab_size == tok.vocab_size and dm.tokenizer.decode(ids.tolist()) == text  # from the sidecar

@@ -134,3 +134,62 @@ def build_split(source: Any, split: str, tokenizer: Any, vocab_size: int, cache_
     write_tokens(source.chunks(split), tokenizer, path, vocab_size, workers=n, total_chars=size or None,
                  description=f"tokenizing {split}", meta={"source": source.identity(split), "split": split})
     return path
+
+
+# -- hub recipes: one shard folder per (dataset, tokenizer) ----------------------------------------
+def shard_dir_path(cache_dir: str | Path, source: Any, splits: list[str], spec: dict[str, Any]) -> Path:
+    """The cache's shard folder of a hub dataset: keyed like the token files (every split's source
+    identity, so dataset, configuration, data files, field, separator and documents; the tokenizer)."""
+    key = digest({"source": {s: source.identity(s) for s in splits}, "tokenizer": tokenizer_key(spec)})
+    return Path(cache_dir) / f"hub-{spec['kind']}-{key}"
+
+
+def build_shard_dir(source: Any, splits: list[str], tokenizer: Any, vocab_size: int, cache_dir: str | Path,
+                    workers: int | None = None) -> Path:
+    """The hub dataset's shard folder in the cache, tokenizing it first if needed.
+
+    The layout of ``prepare tokenize ... out=DIR`` (``<split>_000000.bin`` with its sidecar per
+    split, ``meta.json``; ``tokenizer.json`` for the Hugging Face kinds), so training reads it as
+    ``data=tokens data.path=DIR`` does. It is written in a temporary folder beside it and renamed
+    into place when complete: a folder under the final name is always whole, and a kill leaves at
+    most a temporary folder that no run reads.
+    """
+    import shutil
+
+    from lm_lightning.data.shards import FORMAT, shard_name
+
+    spec = tokenizer.spec()
+    final = shard_dir_path(cache_dir, source, splits, spec)
+    if (final / "meta.json").is_file():
+        return final
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        names, tokens = {}, {}
+        for split in splits:
+            size = source.size_bytes(split)
+            n = default_workers() if workers is None else max(1, int(workers))
+            name = shard_name(split, 0)
+            side = write_tokens(source.chunks(split), tokenizer, tmp / name, vocab_size,
+                                workers=n if size >= PARALLEL_MIN_BYTES else 1, total_chars=size or None,
+                                description=f"tokenizing {split}",
+                                meta={"source": source.identity(split), "split": split})
+            names[split], tokens[split] = [name], side["tokens"]
+        if hasattr(tokenizer, "to_json"):
+            (tmp / "tokenizer.json").write_text(tokenizer.to_json(), encoding="utf-8")
+        meta = {"format": FORMAT, "inputs": [source.describe()], "source": {s: source.identity(s) for s in splits},
+                "tokenizer": spec, "tokenizer_key": tokenizer_key(spec), "vocab_size": int(vocab_size),
+                "eot_id": getattr(tokenizer, "eot_id", None), "dtype": dtype_for_vocab(vocab_size).name,
+                "tokens": tokens, "shards": names}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        if final.is_dir() and not (final / "meta.json").is_file():
+            shutil.rmtree(final, ignore_errors=True)  # not ours: a complete folder always has meta.json
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process finished the same folder first: use theirs
+            if not (final / "meta.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

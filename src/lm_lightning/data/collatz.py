@@ -186,7 +186,7 @@ class CollatzDataModule(LMDataModule):
         return self._loader(self._val, 0, sampler=self._eval_sampler(self._val))
 
     def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
+        return self.val_dataloader()  # no test split of its own: resolve_split("test", ...) is "val"
 
     # -- trivial baselines for the final table -----------------------------------------------
     def baselines(self, n_train_samples: int = 4096) -> dict[str, float]:

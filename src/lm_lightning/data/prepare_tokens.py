@@ -149,7 +149,11 @@ def tokenize_corpus(inputs: list[str], opts: dict[str, Any]) -> dict[str, Any]:
         plan.update({k: old[k] for k in ("batch_docs", "batch_chars", "tokenizer", "tokenizer_key") if k in old})
     created = False
     if single:
-        work = out.with_name(f"{out.name}.{os.getpid()}.parts")
+        # One fixed work folder beside the file: a killed run's is found again and cleared (its one
+        # shard never finished), and a finished run leaves only the file and its sidecar.
+        work = out.with_name(f"{out.name}.parts")
+        for stale in [work, *out.parent.glob(f"{out.name}.*.parts")]:  # *.<pid>.parts: before the fixed name
+            shutil.rmtree(stale, ignore_errors=True)
         plan["shard_tokens"] = 1 << 62
         created = True
     else:
@@ -170,9 +174,9 @@ def tokenize_corpus(inputs: list[str], opts: dict[str, Any]) -> dict[str, Any]:
         if single:
             side = {"dtype": dtype.name, "tokens": done[0]["tokens"], "vocab_size": vocab, "tokenizer": tok.spec(),
                     "eot_id": int(eot), "inputs": plan["inputs"]}
-            shards._write_json(Path(f"{out}.json.tmp.final"), side)
+            shards._write_json(work / "sidecar.json", side)
             os.replace(work / shards.shard_name("train", 0), out)
-            os.replace(Path(f"{out}.json.tmp.final"), Path(f"{out}.json"))
+            os.replace(work / "sidecar.json", Path(f"{out}.json"))
             shutil.rmtree(work, ignore_errors=True)
             return {"out": str(out), "tokens": side["tokens"], "dtype": dtype.name, "vocab_size": vocab, **stats}
         meta = shards.finalize(work, plan)

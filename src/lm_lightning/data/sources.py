@@ -17,9 +17,9 @@ from typing import Any
 
 from lm_lightning.data import documents as docs
 from lm_lightning.data.documents import last_cut as _last_cut
+from lm_lightning.data.splits import resolve_split
 from lm_lightning.errors import UserError
 
-SPLITS = ("train", "val", "test")
 CHUNK_CHARS = 1 << 20
 
 
@@ -128,9 +128,7 @@ class TextFiles:
         return {"kind": "text", "files": file_identity(self.files[self._resolve(split)])}
 
     def _resolve(self, split: str) -> str:
-        if split == "test" and not self.files["test"]:
-            return "val"
-        return split
+        return resolve_split(split, lambda s: bool(self.files[s]))
 
     def size_bytes(self, split: str) -> int:
         if split == "test" and self.files["test"]:

@@ -254,3 +254,16 @@ def save_bpe_file(tok: HFTokenizer, path: str | Path) -> None:
     tmp = p.with_name(f"{p.name}.{os.getpid()}.tmp")
     tmp.write_text(tok.to_json(), encoding="utf-8")
     os.replace(tmp, p)
+
+
+def ready_made(tok_cfg: dict[str, Any], eot: bool) -> ByteTokenizer | HFTokenizer | None:
+    """The tokenizers that need no corpus: ``byte`` (with an end-of-text id when ``eot``),
+    ``gpt2`` (``tokenizer.name``) and ``hf`` (``tokenizer.path``); None for the others."""
+    kind = tok_cfg.get("kind")
+    if kind == "byte":
+        return ByteTokenizer(eot=eot)
+    if kind == "gpt2":
+        return load_gpt2(tok_cfg.get("name") or "gpt2")
+    if kind == "hf":  # a local transformers folder's tokenizer (train's tokenizer=hf step usually sets it first)
+        return load_hf_tokenizer(tok_cfg.get("path"))
+    return None
