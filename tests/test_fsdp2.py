@@ -291,7 +291,7 @@ def test_presets_and_refusals():
 def test_sharded_save_commit_and_aliases(tmp_path):
     """The file-system side of sharded saves: a directory appears under its name only complete,
     replaces an older one or a file of the same name, and last/best aliases follow either kind."""
-    from lm_lightning.callbacks.checkpointing import alias, commit_dir, remove_checkpoint
+    from lm_lightning.callbacks.checkpoint_files import alias, commit_dir, remove_checkpoint
 
     def shards(path, tag):
         path.mkdir()

@@ -10,10 +10,11 @@ import torch
 import torch.nn as nn
 import torchmetrics
 
+from lm_lightning.callbacks.protocols import DataAnomalyListener, listeners
 from lm_lightning.metrics import at_log_step
 from lm_lightning.model import GPT, ModelConfig
 from lm_lightning.objectives import HEADS, IGNORE_INDEX, multi_task_loss
-from lm_lightning.optim.build import build_optimizer
+from lm_lightning.optim.build import build_optimizer, keep_fused_choice
 from lm_lightning.optim.grad_norm import total_grad_norm
 from lm_lightning.optim.schedules import lightning_scheduler, refit_schedule
 
@@ -53,6 +54,7 @@ class LMModule(pl.LightningModule):
         self.run_config: dict[str, Any] | None = None
         self.train_loss: torch.Tensor | None = None  # the newest training loss, on the device
         self._grad_norm: torch.Tensor | None = None  # see grad_norm()
+        self.data_anomalies = 0  # reported by the data (Collatz), counted over this process's batches
         self._compile_kwargs: dict[str, Any] | None = None  # set by compile()
         self._kernel_flags_kept = False  # see on_train_batch_start
 
@@ -133,7 +135,7 @@ class LMModule(pl.LightningModule):
         heads = [self.regression_head] if self.regression_head is not None else []
         parallel.parallelize(self.model, self.trainer.strategy.device_mesh, heads=heads,
                              precision=str(self.trainer.precision), compile_kwargs=self._compile_kwargs,
-                             reshard_after_forward=getattr(self.trainer.strategy, "reshard_after_forward", True))
+                             reshard_after_forward=parallel.reshards_after_forward(self.trainer.strategy))
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if not self._kernel_flags_kept:
@@ -143,17 +145,11 @@ class LMModule(pl.LightningModule):
             self._check_even_eval_batches(self.trainer.num_val_batches)
 
     def _keep_kernel_flags(self) -> None:
-        # A resumed optimizer takes its param-group flags from the checkpoint; a checkpoint from
-        # another strategy (FSDP2 steps unfused, one process fused) would switch the kernel this
-        # run chose (and that clipping and the anomaly guard are set up for). Keep this run's.
+        # This run's fused-kernel choice, not the resumed checkpoint's (optim.build.keep_fused_choice).
         # Done at the first batch: the restore comes after on_train_start's callers, and a
         # mid-epoch resume skips on_train_epoch_start.
         for opt in self.trainer.optimizers if self._trainer is not None else []:
-            for inner in getattr(opt, "adamw", None), opt:
-                if inner is not None and "fused" in getattr(inner, "defaults", {}):
-                    for group in inner.param_groups:
-                        if "fused" in group:
-                            group["fused"] = inner.defaults["fused"]
+            keep_fused_choice(opt)
 
     def on_validation_start(self) -> None:
         self._check_even_eval_batches()
@@ -249,11 +245,9 @@ class LMModule(pl.LightningModule):
         anomalies = batch.get("anomalies")
         if not anomalies:
             return
-        self.data_anomalies = getattr(self, "data_anomalies", 0) + len(anomalies)
-        for cb in self.trainer.callbacks if self._trainer else []:
-            hook = getattr(cb, "on_data_anomaly", None)
-            if hook is not None:
-                hook(self.trainer, self, anomalies)
+        self.data_anomalies += len(anomalies)
+        for cb in listeners(self._trainer, DataAnomalyListener):
+            cb.on_data_anomaly(self.trainer, self, anomalies)
 
     # -- optimization -----------------------------------------------------------------------
     def on_after_backward(self) -> None:
@@ -266,6 +260,10 @@ class LMModule(pl.LightningModule):
         if not optimizers:
             return list(self.parameters())
         return [p for opt in optimizers for g in opt.param_groups for p in g["params"]]
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token of the transformer (MFU, the model summary)."""
+        return float(self.model.flops_per_token())
 
     def grad_norm(self) -> torch.Tensor | None:
         """The total 2-norm of the gradients before clipping, as a device tensor (no sync).

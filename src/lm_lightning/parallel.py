@@ -63,6 +63,11 @@ class FSDP2Strategy(ModelParallelStrategy):
         super().setup_environment()
 
 
+def reshards_after_forward(strategy: Any) -> bool:
+    """FSDP2Strategy's ``reshard_after_forward`` option; Lightning's own ModelParallelStrategy: True."""
+    return strategy.reshard_after_forward if isinstance(strategy, FSDP2Strategy) else True
+
+
 def is_parallelized(module: torch.nn.Module) -> bool:
     from torch.distributed.fsdp import FSDPModule
 

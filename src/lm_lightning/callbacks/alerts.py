@@ -20,6 +20,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from lm_lightning.callbacks.protocols import RunEventListener, listeners
 from lm_lightning.metrics import current_metrics
 
 log = logging.getLogger("lm_lightning")
@@ -30,10 +31,8 @@ ENV_VAR = "DISCORD_WEBHOOK_URL"
 
 def announce(trainer: pl.Trainer, kind: str, message: str) -> None:
     """Hand an event to every callback that takes events (the Alerts callback)."""
-    for cb in trainer.callbacks:
-        hook = getattr(cb, "on_run_event", None)
-        if hook is not None:
-            hook(trainer, kind, message)
+    for cb in listeners(trainer, RunEventListener):
+        cb.on_run_event(trainer, kind, message)
 
 
 def split_message(text: str, limit: int = DISCORD_LIMIT, max_parts: int = 3) -> list[str]:

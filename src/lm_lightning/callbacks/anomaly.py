@@ -35,6 +35,7 @@ import lightning.pytorch as pl
 import torch
 
 from lm_lightning.callbacks.alerts import announce
+from lm_lightning.callbacks.protocols import GradNormSource
 from lm_lightning.optim.grad_norm import total_grad_norm
 
 log = logging.getLogger("lm_lightning")
@@ -75,7 +76,7 @@ class AnomalyGuard(pl.Callback):
         norm = None
         # With an fp16 GradScaler, overflowing gradients are normal and the scaler skips them.
         if getattr(trainer.precision_plugin, "scaler", None) is None:
-            norm = pl_module.grad_norm() if hasattr(pl_module, "grad_norm") else \
+            norm = pl_module.grad_norm() if isinstance(pl_module, GradNormSource) else \
                 total_grad_norm(p for g in optimizer.param_groups for p in g["params"])
         # [loss, gradient norm]: the step is bad unless both are finite. Few small kernels, no sync.
         record = torch.stack([loss.float(), loss.float() if norm is None else norm.to(loss.device, torch.float32)])

@@ -21,14 +21,10 @@ from typing import Any
 import lightning.pytorch as pl
 
 from lm_lightning.callbacks.alerts import announce
+from lm_lightning.callbacks.protocols import STOP_OUTCOMES, SavesNow, StopsRun, schedules
 from lm_lightning.metrics import current_metrics
 
 log = logging.getLogger("lm_lightning")
-
-# reason -> (summary status, exit code)
-OUTCOMES = {"stop": ("stopped", 0), "SIGTERM": ("stopped", 143), "SIGINT": ("stopped", 130),
-            "time_limit": ("time_limit", 0), "early_stopping": ("stopped", 0), "target_reached": ("stopped", 0),
-            "anomaly": ("stopped", 0)}
 
 
 def parse_time(value: Any) -> float | None:
@@ -202,7 +198,7 @@ class RunControl(pl.Callback):
     def _stop(self, trainer: pl.Trainer, pl_module: pl.LightningModule, reason: str) -> None:
         self.reason = reason
         ckpt = trainer.checkpoint_callback
-        path = ckpt.save_now(trainer, pl_module, reason) if hasattr(ckpt, "save_now") else None
+        path = ckpt.save_now(trainer, pl_module, reason) if isinstance(ckpt, SavesNow) else None
         trainer.should_stop = True
         if trainer.is_global_zero:
             where = f", checkpoint {path}" if path else ""
@@ -242,17 +238,18 @@ class RunControl(pl.Callback):
 
     # -- fit the schedule to the time limit ----------------------------------------------------
     def _maybe_fit_schedule(self, trainer: pl.Trainer) -> None:
-        sched = _warmup_cosine(trainer)
-        if sched is None or self.limit_s is None:
+        fns = schedules(trainer)
+        if not fns or self.limit_s is None:
             return
-        fn, warmup = sched
+        fn = fns[0]
+        warmup = int(fn.warmup_steps)
         step = trainer.global_step
         if self._fit_measure is None:
             # Skip the first step (compilation, allocator warm-up) before timing.
             if step - self._start_step >= 1:
                 self._fit_measure = (step, time.monotonic())
             return
-        if step != max(warmup, self._fit_measure[0] + 1) or getattr(fn, "fitted", False):
+        if step != max(warmup, self._fit_measure[0] + 1) or fn.fitted:
             return
         s0, t0 = self._fit_measure
         per_step = (time.monotonic() - t0) / max(1, step - s0)
@@ -260,27 +257,25 @@ class RunControl(pl.Callback):
         total = step + int(remaining / per_step) if per_step > 0 else fn.total_steps
         if trainer.max_steps > 0:
             total = min(total, trainer.max_steps)
-        fn.total_steps, fn.fitted = max(total, warmup + 1), True
+        fn.resize(total)
         if trainer.is_global_zero:
-            start = f", its decay starts at step {fn.decay_start}" if hasattr(fn, "decay_start") else ""
-            log.info("fit_to_time: %.3f s/step, the schedule now ends at step %d%s", per_step, fn.total_steps, start)
+            log.info("fit_to_time: %.3f s/step, the schedule now ends at step %d%s", per_step, fn.total_steps,
+                     _decay_start(fn))
 
 
-def _warmup_cosine(trainer: pl.Trainer) -> tuple[Any, int] | None:
-    """The WarmupCosine multiplier behind the first LambdaLR scheduler, with its warmup."""
-    for cfg in trainer.lr_scheduler_configs:
-        for fn in getattr(cfg.scheduler, "lr_lambdas", []):
-            if hasattr(fn, "total_steps") and hasattr(fn, "warmup_steps"):
-                return fn, int(fn.warmup_steps)
-    return None
+def _decay_start(fn: Any) -> str:
+    """``, its decay starts at step N`` for a WSD schedule, whose decay start moves with its end."""
+    from lm_lightning.optim.schedules import WarmupStableDecay
+
+    return f", its decay starts at step {fn.decay_start}" if isinstance(fn, WarmupStableDecay) else ""
 
 
 def run_outcome(trainer: pl.Trainer) -> tuple[str, str | None, int]:
     """(summary status, stop reason, exit code) after fit returned."""
     for cb in trainer.callbacks:
-        reason = getattr(cb, "reason", None)
-        if isinstance(reason, str) and reason in OUTCOMES:
-            status, code = OUTCOMES[reason]
+        reason = cb.reason if isinstance(cb, StopsRun) else None
+        if isinstance(reason, str) and reason in STOP_OUTCOMES:
+            status, code = STOP_OUTCOMES[reason]
             if code and started_by_lightning(trainer):
                 # Lightning's launcher watches the ranks it started and SIGKILLs every process,
                 # its own included, as soon as one exits non-zero: a clean stop's 143 from this

@@ -12,6 +12,7 @@ import logging
 from lightning.pytorch.callbacks import EarlyStopping
 
 from lm_lightning.callbacks.alerts import announce
+from lm_lightning.callbacks.protocols import SavesNow
 
 log = logging.getLogger("lm_lightning")
 
@@ -37,7 +38,7 @@ class EarlyStop(EarlyStopping):
                 trainer.callback_metrics[self.monitor].squeeze(), self.stopping_threshold)
             self.reason = "target_reached" if target else "early_stopping"
             ckpt = trainer.checkpoint_callback
-            if hasattr(ckpt, "save_now"):
+            if isinstance(ckpt, SavesNow):
                 ckpt.save_now(trainer, trainer.lightning_module, self.reason)
             if trainer.is_global_zero:
                 msg = f"{self.reason}: {self.monitor}={float(trainer.callback_metrics[self.monitor]):.4f} " \

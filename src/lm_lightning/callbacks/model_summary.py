@@ -4,7 +4,7 @@ Lightning 2.6 fills its FLOPs column by running ``example_input_array`` through 
 torch's FlopCounterMode. LMModule has no example input (one would cost an extra forward at every
 start, a second compilation with ``model.compile`` and a forward through sharded parameters under
 FSDP), so every row and the total read 0. This summary leaves the column out and prints instead
-the training FLOPs per token that MFU uses (``GPT.flops_per_token``).
+the training FLOPs per token that MFU uses (``LMModule.flops_per_token``).
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ from lightning.pytorch.callbacks import RichModelSummary
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
 from lightning.pytorch.utilities.model_summary.model_summary import get_formatted_model_size
 
+from lm_lightning.callbacks.protocols import CountsFlops
+
 DROPPED_COLUMNS = ("FLOPs",)
 RIGHT_ALIGNED = ("Params", "Params per Device", "In sizes", "Out sizes")
 
 
 def flops_per_token(pl_module: Any) -> float | None:
-    model = getattr(pl_module, "model", None)
-    return float(model.flops_per_token()) if hasattr(model, "flops_per_token") else None
+    return float(pl_module.flops_per_token()) if isinstance(pl_module, CountsFlops) else None
 
 
 class ModelSummary(RichModelSummary):

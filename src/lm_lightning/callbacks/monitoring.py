@@ -30,6 +30,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from lm_lightning.callbacks.protocols import GradNormSource
 from lm_lightning.metrics import at_log_step, current_metrics
 
 log = logging.getLogger("lm_lightning")
@@ -71,7 +72,7 @@ class Monitoring(pl.Callback):
         per_layer = step % self.per_layer_every == 0
         if at_log_step(trainer):
             # The norm the anomaly guard and clipping share (LMModule.grad_norm), before clipping.
-            total = pl_module.grad_norm() if hasattr(pl_module, "grad_norm") else None
+            total = pl_module.grad_norm() if isinstance(pl_module, GradNormSource) else None
             if total is not None:
                 pl_module.log("train/grad_norm", total)
         if per_layer:
@@ -109,7 +110,7 @@ class Monitoring(pl.Callback):
         if ids is not None and iter_ms > 0:
             tokens = ids.numel() * trainer.accumulate_grad_batches * trainer.world_size
             tps = tokens / (iter_ms / 1000)
-            pl_module.log("train/tokens_per_sec", tps)  # MFU is logged by progress.Throughput
+            pl_module.log("train/tokens_per_sec", tps)  # MFU is logged by throughput.Throughput
         loss = current_metrics(trainer).get("train/loss")
         if loss is not None:
             self.train_curve.append((step, float(loss)))
@@ -127,7 +128,9 @@ class Monitoring(pl.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         # With callbacks.split_eval the final metrics come from its separate final evaluation.
-        if self.val_curve and not any(type(cb).__name__ == "SplitEval" for cb in trainer.callbacks):
+        from lm_lightning.callbacks.evaluation import SplitEval
+
+        if self.val_curve and not any(isinstance(cb, SplitEval) for cb in trainer.callbacks):
             self._to_loggers(trainer, {"final/val_loss": self.val_curve[-1][1]})
         if self.plots and trainer.is_global_zero and not trainer.fast_dev_run:
             d = self.dirpath or Path(trainer.default_root_dir)

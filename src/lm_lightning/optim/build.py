@@ -35,6 +35,21 @@ def use_fused(device: torch.device, precision: str = "32-true", sharded: bool = 
     return str(precision) != "16-mixed" and not sharded and device.type in ("cuda", "cpu")
 
 
+def keep_fused_choice(optimizer: torch.optim.Optimizer) -> None:
+    """Put this run's fused-kernel choice back into ``optimizer``'s param groups.
+
+    A resumed optimizer takes its param-group flags from the checkpoint; a checkpoint from another
+    strategy (FSDP2 steps unfused, one process fused) would switch the kernel this run chose (and
+    that clipping and the anomaly guard are set up for). ``defaults`` keeps this run's choice.
+    """
+    inner = [optimizer.adamw] if isinstance(optimizer, muon.MuonAdamW) else []
+    for opt in (*inner, optimizer):
+        if "fused" in opt.defaults:
+            for group in opt.param_groups:
+                if "fused" in group:
+                    group["fused"] = opt.defaults["fused"]
+
+
 def split_techniques(factory: Callable[..., torch.optim.Optimizer]) -> tuple[Callable, dict[str, Any]]:
     """Separate the technique keys from the torch optimizer's own arguments."""
     keywords = dict(getattr(factory, "keywords", {}) or {})

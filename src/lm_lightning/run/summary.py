@@ -21,7 +21,7 @@ def _scalar(v: Any) -> Any:
 
 def write_summary(trainer, run_dir: Path, status: str, elapsed: float,
                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    from lm_lightning.callbacks.progress import Throughput
+    from lm_lightning.callbacks.throughput import Throughput
 
     ckpt = trainer.checkpoint_callback
     metrics = {k: _scalar(v) for k, v in current_metrics(trainer).items()
