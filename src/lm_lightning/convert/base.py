@@ -15,6 +15,7 @@ transformers is imported inside the methods, so the registry is cheap to import.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -24,7 +25,7 @@ from lm_lightning.errors import UserError
 from lm_lightning.model import GPT, ModelConfig
 
 
-class Converter:
+class Converter(ABC):
     """Base class: subclasses set the names and implement the mappings."""
 
     name = ""  # our preset (model=NAME) and registry key
@@ -34,28 +35,34 @@ class Converter:
     gguf_arch = ""  # general.architecture in a .gguf
     ids_from_tokenizer = True  # export: bos/eos from the tokenizer, written to generation_config.json
 
+    @abstractmethod
     def shape_problems(self, cfg: ModelConfig) -> list[str]:
-        raise NotImplementedError
+        """Why ``cfg`` is not this architecture's shape (empty when it is)."""
 
     def check_shape(self, cfg: ModelConfig, hint: str = "") -> None:
         problems = self.shape_problems(cfg)
         if problems:
             raise UserError(f"not {self.label}'s architecture: " + ", ".join(problems) + hint)
 
+    @abstractmethod
     def config_to_hf(self, cfg: ModelConfig, bos_token_id: int | None = None, eos_token_id: int | None = None):
-        raise NotImplementedError
+        """The transformers config of a model of this shape (bos/eos from the tokenizer, when it has them)."""
 
+    @abstractmethod
     def config_from_hf(self, hf_cfg: Any, block_size: int | None = None) -> ModelConfig:
-        raise NotImplementedError
+        """Our ModelConfig from a transformers config (``block_size`` defaults to its context)."""
 
+    @abstractmethod
     def to_hf(self, state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """A transformers state dict (names and layouts) from our state dict."""
 
+    @abstractmethod
     def from_hf(self, state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """Our state dict from a transformers state dict."""
 
+    @abstractmethod
     def hf_model(self, model: GPT, bos_token_id: int | None = None, eos_token_id: int | None = None):
-        raise NotImplementedError
+        """A transformers model (fp32, eval) holding our model's weights."""
 
     def gpt_from_hf(self, hf_model: Any, block_size: int | None = None) -> GPT:
         model = GPT(self.config_from_hf(hf_model.config, block_size))
@@ -71,14 +78,17 @@ class Converter:
         """The architecture keys ``model.init_from`` takes from config.json (None: the preset keeps its own)."""
         return None
 
+    @abstractmethod
     def pretrained_state(self, name: str, cfg: ModelConfig) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """The weights of ``model.init_from=NAME`` in our layout, checked against ``cfg``."""
 
+    @abstractmethod
     def gguf_tensors(self, sd: dict[str, Any], cfg: ModelConfig) -> list[tuple[str, Any]]:
-        raise NotImplementedError
+        """(GGUF name, array) for every tensor but the untied output layer, from numpy arrays."""
 
+    @abstractmethod
     def gguf_hparams(self, writer: Any, cfg: ModelConfig) -> None:
-        raise NotImplementedError
+        """The architecture's GGUF hyperparameters beyond the common ones."""
 
 
 def load_pretrained(cls_name: str, name: str, **kwargs: Any):
