@@ -149,8 +149,6 @@ class PerSourceValidation:
         from lm_lightning.data.tokens import SequentialWindows
 
         class _Callback(pl.Callback):
-            is_mixture_validation = True
-
             def on_validation_epoch_end(self, trainer, pl_module) -> None:
                 if trainer.sanity_checking:
                     return

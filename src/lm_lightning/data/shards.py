@@ -20,6 +20,9 @@ into place; a shard counts as finished only when both exist. A sidecar records w
 shard ends: batch ``b`` of the input, after ``o`` of that batch's tokens. A rerun keeps the
 finished shards, skips the batches before ``b`` without encoding them, drops the first ``o``
 tokens of batch ``b`` and goes on: the result is byte-identical to an uninterrupted run.
+
+(Longer than most modules on purpose: the writer, what counts as finished, the resume cursor
+and the final ``meta.json`` are one protocol, and reading them apart would hide it.)
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ class TokenDataModule(TokenWindowsModule):
         self.bos_aligned = check_bos_aligned(bos_aligned, None)
         self.token_paths = {"train": train_path, "val": val_path, "test": test_path}
         self.files, self.shard_meta, self.mixture = self._open(path, mixture, dtype)
+        self._per_source: Any = None  # the mixture's per-source validation callback, once made
         if path is not None and "test" not in self.files:
             test = open_shard_split(path, "test")
             if test is not None:
@@ -164,11 +165,13 @@ class TokenDataModule(TokenWindowsModule):
 
     def val_dataloader(self, capped: bool = True):
         trainer = self.trainer
-        if self.mixture and trainer is not None and not any(
-                getattr(cb, "is_mixture_validation", False) for cb in trainer.callbacks):
-            from lm_lightning.data.mixture import PerSourceValidation
+        if self.mixture and trainer is not None:
+            if self._per_source is None:
+                from lm_lightning.data.mixture import PerSourceValidation
 
-            # val/<name>/loss per source, beside the overall val/loss over all of them.
-            trainer.callbacks.append(PerSourceValidation.make(self.mixture, self.eval_batch_size, self.block_size,
-                                                              self.eval_batches if capped else None))
+                self._per_source = PerSourceValidation.make(self.mixture, self.eval_batch_size, self.block_size,
+                                                            self.eval_batches if capped else None)
+            if self._per_source not in trainer.callbacks:
+                # val/<name>/loss per source, beside the overall val/loss over all of them.
+                trainer.callbacks.append(self._per_source)
         return super().val_dataloader(capped)

@@ -20,6 +20,9 @@ from those that leave a full window, the same pure function of (seed, s, r); a d
 shorter than the window runs on into the next one (after its end-of-text token). Evaluation
 windows are sequential and non-overlapping and cover the whole split: every token after the
 first is predicted exactly once.
+
+(A little over 300 lines: the file readers and the two window kinds share one indexing
+convention, kept in one place.)
 """
 
 from __future__ import annotations
