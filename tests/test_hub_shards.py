@@ -110,6 +110,8 @@ def test_a_half_written_folder_is_never_used(tmp_path, monkeypatch):
         dm.prepare_data()
     assert calls[0].parent != final and not final.exists()  # built elsewhere, and nothing under the final name
     monkeypatch.setattr(cache, "write_tokens", real)
+    killed = final.with_name(f".{final.name}.{2**22 + 1}.tmp")  # a kill -9's leftover (no such pid)
+    killed.mkdir()
     final.mkdir(parents=True)  # a folder without meta.json (not ours) is rebuilt, not read
     (final / "train_000000.bin").write_bytes(b"\0\0")
     again = recipe(tmp_path, files)
@@ -118,7 +120,7 @@ def test_a_half_written_folder_is_never_used(tmp_path, monkeypatch):
     train = again._datasets["train"]
     ids = train.read(0, len(train))
     assert bytes(ids[ids != again.tokenizer.eot_id].tolist()).decode() == "".join(ROWS["train"])  # whole
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [final.name]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [final.name]  # the leftover is cleared too
 
 
 def test_an_old_tokens_config_still_builds_the_token_module(tmp_path):

@@ -162,6 +162,9 @@ def build_shard_dir(source: Any, splits: list[str], tokenizer: Any, vocab_size: 
     final = shard_dir_path(cache_dir, source, splits, spec)
     if (final / "meta.json").is_file():
         return final
+    for stale in final.parent.glob(f".{final.name}.*.tmp"):  # a killed run's: its process is gone
+        if not _alive(stale.name.rsplit(".", 2)[-2]):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -193,3 +196,14 @@ def build_shard_dir(source: Any, splits: list[str], tokenizer: Any, vocab_size: 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _alive(pid: str) -> bool:
+    """Whether process ``pid`` (a temporary folder's suffix) still runs."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
