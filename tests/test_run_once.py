@@ -75,3 +75,22 @@ def test_a_different_config_is_prepared_again(tmp_path, counted):
     session.train(compose([*base, "data.block_size=8"]), prepared)
     assert (calls["datamodule"], calls["checkpoint"]) == (2, 2)
     assert calls["fit"][-1][0].model_cfg.block_size == 8
+
+
+def test_check_and_derive_change_nothing(tmp_path, counted):
+    """check() validates the config alone (no data module); derive() returns the shape, cfg untouched."""
+    from omegaconf import OmegaConf
+
+    from lm_lightning.config.resolve import check, derive, resolve
+    from lm_lightning.run.plan import build_datamodule
+
+    calls, _ = counted
+    cfg = compose([*TINY, "logger=none", f"paths.runs_root={tmp_path / 'runs'}", "run_name=once"])
+    resolve(cfg)
+    before = OmegaConf.to_container(cfg)
+    assert check(cfg) == "32-true"
+    assert calls["datamodule"] == 0 and OmegaConf.to_container(cfg) == before
+    datamodule = build_datamodule(cfg)
+    derived = derive(cfg, datamodule, [])
+    assert OmegaConf.to_container(cfg) == before and derived.shown == {}
+    assert (derived.model_cfg.block_size, derived.model_cfg.vocab_size) == (16, datamodule.vocab_size)
