@@ -12,7 +12,6 @@ interrupted run never leaves a truncated cache behind.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -24,23 +23,11 @@ from typing import Any
 import numpy as np
 
 from lm_lightning.data.documents import chunk_chars, encode_chunk
+from lm_lightning.data.formats import digest, dtype_for_vocab, tokenizer_key
 from lm_lightning.data.tokenizers import from_spec
-from lm_lightning.data.tokens import dtype_for_vocab
 
 # Below this many bytes a split is tokenized in this process: starting workers costs more.
 PARALLEL_MIN_BYTES = 16 << 20
-
-
-def digest(obj: Any, n: int = 16) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
-
-
-def tokenizer_key(spec: dict[str, Any]) -> dict[str, Any]:
-    """What identifies a tokenizer in a cache key (a BPE's JSON is hashed, not embedded)."""
-    out = {k: v for k, v in spec.items() if k != "json"}
-    if "json" in spec:
-        out["json_sha"] = digest(spec["json"], 32)
-    return out
 
 
 def cache_path(cache_dir: str | Path, identity: dict[str, Any], split: str, spec: dict[str, Any]) -> Path:

@@ -97,6 +97,7 @@ def tokenize_corpus(inputs: list[str], opts: dict[str, Any]) -> dict[str, Any]:
 
     from lm_lightning.data import shards
     from lm_lightning.data.corpus import Corpus, expand_inputs
+    from lm_lightning.data.formats import dtype_for_vocab, tokenizer_key
 
     out = Path(opts["out"])
     single = out.suffix in (".bin", ".ids")
@@ -132,7 +133,7 @@ def tokenize_corpus(inputs: list[str], opts: dict[str, Any]) -> dict[str, Any]:
                         f"which goes after every document; use one that has it")
     vocab = int(tok.vocab_size)
     if opts["dtype"] == "auto":
-        dtype = np.dtype(np.uint16 if vocab <= 65536 else np.uint32)  # data.tokens.dtype_for_vocab (no torch here)
+        dtype = dtype_for_vocab(vocab)
     elif opts["dtype"] in ("uint16", "uint32"):
         dtype = np.dtype(opts["dtype"])
         if vocab - 1 > np.iinfo(dtype).max:
@@ -141,7 +142,7 @@ def tokenize_corpus(inputs: list[str], opts: dict[str, Any]) -> dict[str, Any]:
     else:
         raise UserError(f"dtype must be auto, uint16 or uint32, got {opts['dtype']!r}")
     plan = {"identity": identity, "inputs": [i.label() for i in corpus.inputs], "text_field": opts["text_field"],
-            "tokenizer": tok.spec(), "tokenizer_key": shards.tokenizer_key(tok.spec()), "vocab_size": vocab,
+            "tokenizer": tok.spec(), "tokenizer_key": tokenizer_key(tok.spec()), "vocab_size": vocab,
             "eot_id": int(eot), "dtype": dtype.name, "shard_tokens": opts["shard_tokens"],
             "val_tokens": 0 if single else opts["val_tokens"], "batch_docs": shards.BATCH_DOCS,
             "batch_chars": shards.BATCH_CHARS}

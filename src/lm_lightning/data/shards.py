@@ -132,16 +132,6 @@ def _write_json(path: Path, obj: Any) -> None:
     fsync_replace(tmp, path)
 
 
-def tokenizer_key(spec: dict[str, Any]) -> dict[str, Any]:
-    """What identifies a tokenizer (data.cache's rule, without importing torch through it)."""
-    import hashlib
-
-    out = {k: v for k, v in spec.items() if k != "json"}
-    if "json" in spec:
-        out["json_sha"] = hashlib.sha256(json.dumps(spec["json"], sort_keys=True).encode()).hexdigest()[:32]
-    return out
-
-
 def shard_name(split: str, index: int) -> str:
     return f"{split}_{index:06d}.bin"
 

@@ -44,10 +44,6 @@ from lm_lightning.objectives import IGNORE_INDEX
 DTYPES = {"uint16": np.uint16, "uint32": np.uint32, "int32": np.int32, "int64": np.int64}
 
 
-def dtype_for_vocab(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
-
-
 def read_meta(path: str | Path) -> dict[str, Any]:
     """The ``<file>.json`` sidecar written next to a token file (empty when there is none)."""
     side = Path(f"{path}.json")
