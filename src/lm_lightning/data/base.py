@@ -50,6 +50,7 @@ class LMDataModule(pl.LightningDataModule):
     vocab_size: int
     seed: int = 0
     eval_batches: int | None = None
+    pin_memory: bool | None = None  # None: pin when CUDA is available
 
     # -- tokenizer ---------------------------------------------------------------------------
     @property
@@ -80,6 +81,14 @@ class LMDataModule(pl.LightningDataModule):
     def steps_per_epoch(self) -> int | None:
         """Micro-batches per epoch; None for an endless stream."""
         return None
+
+    def pin(self) -> bool:
+        """Whether the loaders pin host memory (data.pin_memory; by default when CUDA is there)."""
+        if self.pin_memory is not None:
+            return bool(self.pin_memory)
+        import torch
+
+        return torch.cuda.is_available()
 
     # -- reports -----------------------------------------------------------------------------
     def baselines(self) -> dict[str, float]:

@@ -151,7 +151,7 @@ class CollatzDataModule(LMDataModule):
         return ["Train data: generated on the fly (endless)", f"Validation data: {samples:,} samples, {tokens:,} tokens"]
 
     def _loader(self, dataset, workers: int, sampler=None) -> DataLoader:
-        pin = self.pin_memory if self.pin_memory is not None else torch.cuda.is_available()
+        pin = self.pin()
         kwargs: dict[str, Any] = {}
         if workers > 0:
             kwargs = {"persistent_workers": True, "prefetch_factor": self.prefetch_factor}

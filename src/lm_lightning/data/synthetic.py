@@ -43,7 +43,7 @@ class SyntheticDataModule(LMDataModule):
         self.num_workers, self.seed, self.val_batches, self.pin_memory = num_workers, seed, val_batches, pin_memory
 
     def _loader(self, dataset) -> DataLoader:
-        pin = self.pin_memory if self.pin_memory is not None else torch.cuda.is_available()
+        pin = self.pin()
         kw: dict[str, Any] = {"persistent_workers": True, "prefetch_factor": 4} if self.num_workers else {}
         return Loader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=pin, **kw)
 

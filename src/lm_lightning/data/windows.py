@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
 from torch.utils.data import DataLoader
 
 from lm_lightning.data import cache
@@ -131,7 +130,7 @@ class TokenWindowsModule(LMDataModule):
         return max(accum, math.ceil(steps / accum) * accum)
 
     def _loader(self, dataset, start_fn=None) -> DataLoader:
-        pin = self.pin_memory if self.pin_memory is not None else torch.cuda.is_available()
+        pin = self.pin()
         if start_fn is None:  # evaluation windows: a plain map-style loader (samplers work as usual)
             return DataLoader(dataset, batch_size=None, num_workers=0, pin_memory=pin)
         # Workers are not persistent: each epoch hands them the current resume position.
