@@ -23,7 +23,7 @@ import torch
 
 from lm_lightning.model import BLOCK_PARAM as BLOCK
 from lm_lightning.optim.groups import matrix_weights
-from lm_lightning.optim.muon_ns import NS_DTYPES, Muon, run_closure
+from lm_lightning.optim.muon_ns import Muon, check_options, run_closure
 
 ADJUST_LR_FNS = ("original", "match_rms_adamw")
 
@@ -59,13 +59,8 @@ def check(opt_cfg: Mapping[str, Any], strategy: Any = None) -> None:
         raise ValueError(f"optimizer.muon_momentum must be in [0, 1), got {opt_cfg.get('muon_momentum')}")
     if not 1 <= int(opt_cfg.get("muon_ns_steps", 5)) < 100:
         raise ValueError(f"optimizer.muon_ns_steps must be in [1, 99], got {opt_cfg.get('muon_ns_steps')}")
-    if opt_cfg.get("muon_ns_dtype", "auto") not in NS_DTYPES:
-        raise ValueError(f"optimizer.muon_ns_dtype must be one of {', '.join(NS_DTYPES)}, "
-                         f"got {opt_cfg.get('muon_ns_dtype')!r}")
-    if int(opt_cfg.get("muon_momentum_warmup_steps", 0) or 0) < 0:
-        raise ValueError(f"optimizer.muon_momentum_warmup_steps must be >= 0, got {opt_cfg.get('muon_momentum_warmup_steps')}")
-    if not 0.0 <= float(opt_cfg.get("muon_momentum_start", 0.85)) < 1.0:
-        raise ValueError(f"optimizer.muon_momentum_start must be in [0, 1), got {opt_cfg.get('muon_momentum_start')}")
+    check_options(opt_cfg.get("muon_ns_dtype", "auto"), opt_cfg.get("muon_momentum_warmup_steps", 0),
+                  opt_cfg.get("muon_momentum_start", 0.85))
     for key in ("embed_lr", "head_lr"):
         if opt_cfg.get(key) is not None and not float(opt_cfg[key]) > 0:
             raise ValueError(f"optimizer.{key} must be positive (or null: optimizer.lr), got {opt_cfg[key]}")

@@ -38,6 +38,16 @@ def resolve_ns_dtype(ns_dtype: str | None, device: torch.device) -> torch.dtype:
     return getattr(torch, ns_dtype)
 
 
+def check_options(ns_dtype: str | None, momentum_warmup_steps: Any, momentum_start: Any) -> None:
+    """The options this class adds to torch's Muon, each with the config key it comes from
+    (raises ValueError, one line); ``muon.check`` validates the config with it too."""
+    resolve_ns_dtype(ns_dtype, torch.device("cpu"))  # validates the name
+    if int(momentum_warmup_steps or 0) < 0:
+        raise ValueError(f"optimizer.muon_momentum_warmup_steps must be >= 0, got {momentum_warmup_steps}")
+    if not 0.0 <= float(momentum_start) < 1.0:
+        raise ValueError(f"optimizer.muon_momentum_start must be in [0, 1), got {momentum_start}")
+
+
 def zeropower(grad: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
               dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Approximate orthogonalisation of a 2-D ``grad`` by ``steps`` quintic Newton-Schulz iterations.
@@ -79,11 +89,7 @@ class Muon(torch.optim.Muon):
 
     def __init__(self, params: Any, *args: Any, ns_dtype: str = "auto", momentum_warmup_steps: int = 0,
                  momentum_start: float = 0.85, **kwargs: Any) -> None:
-        resolve_ns_dtype(ns_dtype, torch.device("cpu"))  # validates the name
-        if int(momentum_warmup_steps) < 0:
-            raise ValueError(f"optimizer.muon_momentum_warmup_steps must be >= 0, got {momentum_warmup_steps}")
-        if not 0.0 <= float(momentum_start) < 1.0:
-            raise ValueError(f"optimizer.muon_momentum_start must be in [0, 1), got {momentum_start}")
+        check_options(ns_dtype, momentum_warmup_steps, momentum_start)
         super().__init__(params, *args, **kwargs)
         for g in self.param_groups:
             g.setdefault("ns_dtype", ns_dtype)
