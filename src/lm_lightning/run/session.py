@@ -45,17 +45,14 @@ def train(cfg: DictConfig, prepared: Prepared | None = None) -> dict[str, Any]:
         return _train(cfg, prepared)
 
 
-def prepare_for(cfg: DictConfig, run_dir: Path, prepared: Prepared | None) -> Prepared:
+def prepare_for(cfg: DictConfig, prepared: Prepared | None) -> Prepared:
     """The command line's :class:`Prepared` if it is this config's, else one made here (once)."""
-    if prepared is not None and prepared.key == fingerprint(cfg):
-        from lm_lightning.config.resolve import resolve
+    if prepared is None or prepared.key != fingerprint(cfg):
+        return prepare(cfg)
+    from lm_lightning.config.resolve import resolve
 
-        resolve(cfg)  # what the task saves and prints is resolved, as prepare() leaves it
-        prepared.show_shape(cfg)
-    else:
-        prepared = prepare(cfg)
-    if prepared.resume is None or prepared.run_dir != run_dir:
-        plan_resume(cfg, run_dir, prepared)
+    resolve(cfg)  # what the task saves and prints is resolved, as prepare() leaves it
+    prepared.show_shape(cfg)
     return prepared
 
 
@@ -69,10 +66,12 @@ def _train(cfg: DictConfig, prepared: Prepared | None) -> dict[str, Any]:
         # Pin the job directory before anything resolves ${paths.output_dir} (multirun jobs:
         # each job's checkpoints, logs and auto-resume stay in its own directory).
         cfg.paths.output_dir = str(run_dir)
-    prepared = prepare_for(cfg, run_dir, prepared)
+    prepared = prepare_for(cfg, prepared)
     if is_multirun() and launches_in_process(build_bare_trainer(cfg.trainer, prepared.precision)):
         # Backstop for sweepers main() cannot expand (e.g. Optuna); main() refuses the rest.
         raise UserError(MULTIRUN_DDP_MESSAGE)
+    if prepared.resume is None or prepared.run_dir != run_dir:  # the precheck's plan is for this directory
+        plan_resume(cfg, run_dir, prepared)
     resume_plan = for_run(prepared.resume, cfg)
     apply_overwrite(cfg, run_dir)
     # Data preparation (tokenizing, downloads) and initial weights can fail on user input:
