@@ -21,6 +21,7 @@ from lm_lightning.errors import UserError, one_line, user_errors
 if TYPE_CHECKING:  # the data contract (imports Lightning)
     from lm_lightning.data.base import LMDataModule
     from lm_lightning.model import ModelConfig
+    from lm_lightning.run.resume import ResumePlan
 
 # Where the run writes: the task pins these to Hydra's job directory, so they are not the config.
 RUN_DIR_KEYS = ("run_dir", "output_dir")
@@ -37,7 +38,7 @@ class Prepared:
     init_kind: str | None = None  # model.init_from's format ('gpt2', 'llama'), None without one
     key: str | None = None  # fingerprint() of the config it was prepared from
     run_dir: Path | None = None  # where resume was planned
-    resume: Any = None  # the ResumePlan for run_dir (quiet: warnings not yet shown)
+    resume: ResumePlan | None = None  # planned for run_dir, quietly: warnings not yet shown
 
     def show_shape(self, cfg: DictConfig) -> None:
         """The printed and saved config show the shape the run really has (``model.init_from``)."""

@@ -29,6 +29,7 @@ from lm_lightning.run.plan import Prepared, fingerprint, plan_resume, prepare
 
 if TYPE_CHECKING:  # the data contract (imports Lightning)
     from lm_lightning.data.base import LMDataModule
+    from lm_lightning.run.resume import ResumePlan
 
 log = logging.getLogger("lm_lightning")
 
@@ -82,7 +83,7 @@ def _train(cfg: DictConfig, prepared: Prepared | None) -> dict[str, Any]:
     return fit_and_finish(cfg, run_dir, prepared, resume_plan, init_state)
 
 
-def fit_and_finish(cfg: DictConfig, run_dir: Path, prepared: Prepared, resume_plan: Any,
+def fit_and_finish(cfg: DictConfig, run_dir: Path, prepared: Prepared, resume_plan: ResumePlan,
                    init_state: dict[str, Any] | None) -> dict[str, Any]:
     from lm_lightning.run import index
     from lm_lightning.run.distributed import env_is_global_zero
@@ -231,7 +232,7 @@ def log_effective_batch(trainer: Any, datamodule: LMDataModule) -> dict[str, int
     return info
 
 
-def announce_resume(trainer: Any, plan: Any) -> str | None:
+def announce_resume(trainer: Any, plan: ResumePlan) -> str | None:
     if plan.path is None:
         return None
     if trainer.is_global_zero:
