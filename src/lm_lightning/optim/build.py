@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from lm_lightning.optim import muon
-from lm_lightning.optim.groups import freeze, param_groups
+from lm_lightning.optim.groups import check_freeze_layers, check_layer_decay, freeze, param_groups
 from lm_lightning.optim.lookahead import Lookahead
 
 TECHNIQUE_KEYS = ("lookahead", "layer_decay", "freeze_embeddings", "freeze_layers")
@@ -69,12 +69,8 @@ def check_techniques(opt_cfg: Mapping[str, Any], n_layer: int, strategy: Any = N
     la = opt_cfg.get("lookahead") or {}
     if la and int(la.get("k", 0) or 0) > 0:
         Lookahead.check(int(la["k"]), float(la.get("alpha", 0.5)))
-    decay = opt_cfg.get("layer_decay")
-    if decay is not None and not 0.0 < float(decay) <= 1.0:
-        raise ValueError(f"optimizer.layer_decay must be in (0, 1], got {decay}")
-    layers = int(opt_cfg.get("freeze_layers") or 0)
-    if not 0 <= layers <= n_layer:
-        raise ValueError(f"optimizer.freeze_layers must be in [0, {n_layer}] (model.n_layer), got {layers}")
+    check_layer_decay(opt_cfg.get("layer_decay"))
+    check_freeze_layers(opt_cfg.get("freeze_layers"), n_layer)
 
 
 def build_optimizer(factory: Callable[..., torch.optim.Optimizer], model: torch.nn.Module,
@@ -95,8 +91,7 @@ def build_optimizer(factory: Callable[..., torch.optim.Optimizer], model: torch.
     fused = use_fused(device, precision, sharded)
     target = factory.func
     if isinstance(target, type) and issubclass(target, muon.MuonAdamW):  # chooses its own parameter groups
-        if techniques.get("layer_decay") not in (None, 1, 1.0):
-            raise ValueError("optimizer=muon does not support optimizer.layer_decay (leave it null)")
+        muon.check_no_layer_decay(techniques.get("layer_decay"))
         if keywords.get("fused") is None:  # the inner AdamW, as for optimizer=adamw
             keywords["fused"] = fused
         optimizer = target.from_model(model, **keywords)

@@ -40,6 +40,18 @@ def matrix_weights(model: torch.nn.Module) -> set[int]:
     return {id(m.weight) for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))}
 
 
+def check_freeze_layers(layers: Any, n_layer: int) -> None:
+    """``optimizer.freeze_layers``: 0 (none) up to every block of the model."""
+    if not 0 <= int(layers or 0) <= n_layer:
+        raise ValueError(f"optimizer.freeze_layers must be in [0, {n_layer}] (model.n_layer), got {layers}")
+
+
+def check_layer_decay(layer_decay: Any) -> None:
+    """``optimizer.layer_decay``: null (off) or a factor in (0, 1]."""
+    if layer_decay is not None and not 0.0 < float(layer_decay) <= 1.0:
+        raise ValueError(f"optimizer.layer_decay must be in (0, 1], got {layer_decay}")
+
+
 def freeze(model: torch.nn.Module, embeddings: bool = False, layers: int = 0) -> int:
     """Discriminative fine-tuning: stop gradients to the embeddings and blocks ``0..layers-1``.
 
@@ -47,8 +59,7 @@ def freeze(model: torch.nn.Module, embeddings: bool = False, layers: int = 0) ->
     it too. Returns the number of frozen tensors.
     """
     n_layer = n_layers(model)
-    if layers < 0 or layers > n_layer:
-        raise ValueError(f"optimizer.freeze_layers must be in [0, {n_layer}] (the model's layers), got {layers}")
+    check_freeze_layers(layers, n_layer)
     frozen = 0
     for name, p in model.named_parameters():
         lid = layer_id(name, n_layer)
@@ -82,8 +93,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float, layer_decay: float
             {"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-    if not 0.0 < float(layer_decay) <= 1.0:
-        raise ValueError(f"optimizer.layer_decay must be in (0, 1], got {layer_decay}")
+    check_layer_decay(layer_decay)
     if lr is None:
         raise ValueError("layer_decay needs the base learning rate")
     n_layer = n_layers(model)

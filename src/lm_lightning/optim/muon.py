@@ -45,10 +45,15 @@ def split_params(model: torch.nn.Module) -> tuple[list[torch.Tensor], list[torch
     return muon, decay, no_decay
 
 
+def check_no_layer_decay(layer_decay: Any) -> None:
+    """Muon sets its own per-shape lr scale: layer-wise decay does not combine with it."""
+    if layer_decay not in (None, 1, 1.0):
+        raise ValueError("optimizer=muon does not support optimizer.layer_decay (leave it null)")
+
+
 def check(opt_cfg: Mapping[str, Any], strategy: Any = None) -> None:
     """Validate ``optimizer=muon`` keys and what it combines with (raises ValueError, one line)."""
-    if opt_cfg.get("layer_decay") not in (None, 1, 1.0):
-        raise ValueError("optimizer=muon does not support optimizer.layer_decay (leave it null)")
+    check_no_layer_decay(opt_cfg.get("layer_decay"))
     for key in ("lr", "muon_lr"):
         if key in opt_cfg and not float(opt_cfg[key]) > 0:
             raise ValueError(f"optimizer.{key} must be positive, got {opt_cfg[key]}")
