@@ -43,8 +43,8 @@ def plain_ms_per_step(overrides: list[str], warmup: int = 3, stat: str = "mean")
     are asynchronous and only the mean is meaningful)."""
     from hydra.utils import instantiate
 
-    from lm_lightning.module import LMModule
-    from lm_lightning.objectives import multi_task_loss
+    from lm_lightning.lit.module import LMModule
+    from lm_lightning.lit.objectives import multi_task_loss
     from lm_lightning.optim.build import build_optimizer
     from lm_lightning.run.plan import prepare
 
@@ -128,7 +128,7 @@ def optimizer_step_ms(model: str = "small", repeats: int = 50) -> dict:
     (per-tensor loop, foreach, fused), same groups and random gradients, on the CPU."""
     from hydra.utils import instantiate
 
-    from lm_lightning.module import LMModule
+    from lm_lightning.lit.module import LMModule
     from lm_lightning.optim.build import build_optimizer
     from lm_lightning.run.plan import prepare
 

@@ -28,7 +28,7 @@ def measure(repeats: int = 2) -> dict:
     values.sort()
     probe = subprocess.run(
         [sys.executable, "-c",
-         "import sys, lightning.pytorch, lm_lightning.cli.train as t, lm_lightning.data.collatz, lm_lightning.module;"
+         "import sys, lightning.pytorch, lm_lightning.cli.train as t, lm_lightning.data.collatz, lm_lightning.lit.module;"
          f"print([m for m in {HEAVY!r} if m in sys.modules])"],
         capture_output=True, text=True, timeout=120,
     )

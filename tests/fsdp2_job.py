@@ -40,7 +40,7 @@ class Recorder(pl.Callback):
         self._sum, self._n = 0.0, 0
 
     def on_train_end(self, trainer, pl_module) -> None:
-        from lm_lightning.parallel import local_numel, optimizer_state_numel
+        from lm_lightning.lit.parallel import local_numel, optimizer_state_numel
 
         params = list(pl_module.parameters())
         held = {"rank": trainer.global_rank, "world_size": trainer.world_size,

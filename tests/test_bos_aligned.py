@@ -13,7 +13,7 @@ from test_doc_boundaries import make_dm, split_tokens, stories
 from lm_lightning.data import documents as D
 from lm_lightning.data.tokens import RandomWindows, SequentialWindows, TokenFile
 from lm_lightning.errors import UserError
-from lm_lightning.objectives import IGNORE_INDEX
+from lm_lightning.lit.objectives import IGNORE_INDEX
 
 
 # -- bos_aligned training windows -----------------------------------------------------------------

@@ -15,8 +15,8 @@ from lm_lightning.callbacks.checkpointing import Checkpointing
 from lm_lightning.callbacks.control import RunControl, run_outcome
 from lm_lightning.callbacks.early_stop import EarlyStop
 from lm_lightning.callbacks.progress import horizon_text
+from lm_lightning.lit.module import LMModule
 from lm_lightning.model import ModelConfig
-from lm_lightning.module import LMModule
 from lm_lightning.optim.schedules import WarmupConstant, WarmupCosine, WarmupLinear, WarmupStableDecay
 
 

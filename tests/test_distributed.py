@@ -290,8 +290,8 @@ def _single_process_eval(module, dm):
 
 @pytest.mark.slow
 def test_ddp_run_shares_one_run_dir_and_matches_single_process(tmp_path):
-    from lm_lightning.module import LMModule
-    from lm_lightning.objectives import multi_task_loss
+    from lm_lightning.lit.module import LMModule
+    from lm_lightning.lit.objectives import multi_task_loss
 
     probe_dir, env = _probe_env(tmp_path)
     runs = tmp_path / "outputs"

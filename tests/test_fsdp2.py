@@ -257,7 +257,7 @@ def test_presets_and_refusals():
     from hydra.utils import instantiate
 
     from lm_lightning.errors import UserError
-    from lm_lightning.parallel import TP_REFUSAL, FSDP2Strategy
+    from lm_lightning.lit.parallel import TP_REFUSAL, FSDP2Strategy
     from lm_lightning.run.distributed import build_bare_trainer, is_fsdp, is_fsdp1
 
     fsdp = compose(["trainer=fsdp"])
@@ -279,8 +279,8 @@ def test_presets_and_refusals():
             return type("Sub", (), {"size": lambda self: 2 if name == "tensor_parallel" else 1,
                                     "device_type": "cpu"})()
 
+    from lm_lightning.lit.parallel import is_parallelized, parallelize
     from lm_lightning.model import GPT, ModelConfig
-    from lm_lightning.parallel import is_parallelized, parallelize
 
     model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=8, block_size=8))
     with pytest.raises(UserError) as exc:

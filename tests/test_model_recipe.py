@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from test_bad_input import BASE, one_line_exit_2
 
+from lm_lightning.lit.objectives import IGNORE_INDEX, multi_task_loss, z_loss
 from lm_lightning.model import GPT, ModelConfig
-from lm_lightning.objectives import IGNORE_INDEX, multi_task_loss, z_loss
 
 
 def tiny(**kw) -> ModelConfig:

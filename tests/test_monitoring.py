@@ -8,7 +8,7 @@ import pytest
 from reliability_helpers import compose, train_run
 
 from lm_lightning.callbacks.monitoring import layer_of
-from lm_lightning.wandb_logger import wandb_mode
+from lm_lightning.loggers.wandb_logger import wandb_mode
 
 
 @pytest.mark.slow
@@ -78,7 +78,7 @@ def test_train_metrics_reach_lightning_only_at_log_steps_and_are_never_stale(tmp
     # batches Lightning's loggers write, and each written value is that very step's loss.
     from reliability_helpers import read_losses
 
-    from lm_lightning.module import LMModule
+    from lm_lightning.lit.module import LMModule
 
     calls = []
     real_log = LMModule.log

@@ -18,8 +18,8 @@ from reliability_helpers import read_losses, train_run
 from lm_lightning.callbacks.anomaly import AnomalyGuard
 from lm_lightning.ckpt.read import read_checkpoint
 from lm_lightning.cli.train import precheck
+from lm_lightning.lit.module import LMModule
 from lm_lightning.model import GPT, ModelConfig
-from lm_lightning.module import LMModule
 from lm_lightning.optim.build import build_optimizer
 from lm_lightning.optim.grad_norm import total_grad_norm
 from lm_lightning.optim.lookahead import Lookahead
@@ -243,7 +243,7 @@ def test_ddp_update_matches_one_process_on_the_global_batch(tmp_path):
     from omegaconf import OmegaConf
 
     from lm_lightning.data.collatz import CollatzDataModule, CollatzStream
-    from lm_lightning.objectives import multi_task_loss
+    from lm_lightning.lit.objectives import multi_task_loss
     from lm_lightning.run.session import scheduler_factory
 
     probe = tmp_path / "probe"

@@ -107,7 +107,7 @@ def test_frozen_weights_do_not_move_in_training(tmp_path):
     # Same seed, same init: rebuild the untrained model the run started from.
     import lightning.pytorch as pl
 
-    from lm_lightning.module import LMModule
+    from lm_lightning.lit.module import LMModule
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     init = LMModule(model=prepare(cfg).model_cfg, loss_weights=dict(cfg.loss.weights)).model.state_dict()

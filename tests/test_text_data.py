@@ -16,7 +16,7 @@ from lm_lightning.data.text import TextDataModule
 from lm_lightning.data.token_data import TokenDataModule
 from lm_lightning.data.tokens import RandomWindows, SequentialWindows, TokenFile
 from lm_lightning.errors import UserError
-from lm_lightning.objectives import IGNORE_INDEX
+from lm_lightning.lit.objectives import IGNORE_INDEX
 
 WORDS = "the cat sat on a mat and the dog ran far away into the dark woods".split()
 

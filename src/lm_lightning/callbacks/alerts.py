@@ -21,7 +21,7 @@ from typing import Any
 import lightning.pytorch as pl
 
 from lm_lightning.callbacks.protocols import RunEventListener, listeners
-from lm_lightning.metrics import current_metrics
+from lm_lightning.lit.metrics import current_metrics
 
 log = logging.getLogger("lm_lightning")
 

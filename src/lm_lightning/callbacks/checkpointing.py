@@ -29,7 +29,7 @@ from lm_lightning.callbacks.checkpoint_files import (
     save_safetensors,
     sharded_saves,
 )
-from lm_lightning.metrics import current_metrics
+from lm_lightning.lit.metrics import current_metrics
 
 log = logging.getLogger("lm_lightning")
 

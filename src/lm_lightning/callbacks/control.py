@@ -22,7 +22,7 @@ import lightning.pytorch as pl
 
 from lm_lightning.callbacks.alerts import announce
 from lm_lightning.callbacks.protocols import STOP_OUTCOMES, SavesNow, StopsRun, schedules
-from lm_lightning.metrics import current_metrics
+from lm_lightning.lit.metrics import current_metrics
 
 log = logging.getLogger("lm_lightning")
 

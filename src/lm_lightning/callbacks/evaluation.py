@@ -33,7 +33,7 @@ def train_eval_batches(datamodule: LMDataModule, n_batches: int) -> Iterable[dic
 @torch.no_grad()
 def mean_loss(trainer: pl.Trainer, pl_module: Any, batches: Iterable[dict[str, Any]]) -> float | None:
     """The objectives' loss (no z-loss), averaged over samples, with the model in eval mode."""
-    from lm_lightning.objectives import multi_task_loss
+    from lm_lightning.lit.objectives import multi_task_loss
 
     was_training = pl_module.training
     pl_module.eval()

@@ -31,7 +31,7 @@ import lightning.pytorch as pl
 import torch
 
 from lm_lightning.callbacks.protocols import GradNormSource
-from lm_lightning.metrics import at_log_step, current_metrics
+from lm_lightning.lit.metrics import at_log_step, current_metrics
 
 log = logging.getLogger("lm_lightning")
 

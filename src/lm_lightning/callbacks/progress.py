@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.callbacks.progress.rich_progress import RichProgressBarTheme
 
 from lm_lightning.callbacks.protocols import WeighsObjectives, schedules
-from lm_lightning.metrics import current_metrics
+from lm_lightning.lit.metrics import current_metrics
 
 # What the bar shows, with short names that keep it on one line.
 BAR_METRICS = {"train/loss": "loss", "train/learning_rate": "lr", "train/samples_per_s": "samples/s",

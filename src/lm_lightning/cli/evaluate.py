@@ -68,7 +68,7 @@ def evaluate(model, datamodule, split: str = "test", max_batches: int = 0, devic
     import torch
     import torch.nn.functional as F
 
-    from lm_lightning.objectives import IGNORE_INDEX
+    from lm_lightning.lit.objectives import IGNORE_INDEX
 
     datamodule.prepare_data()
     datamodule.setup("test")

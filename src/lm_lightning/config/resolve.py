@@ -142,7 +142,7 @@ def derive(cfg: DictConfig, datamodule: Any, overrides: list[str] | None = None)
 
 def check_with_data(cfg: DictConfig, datamodule: Any, model_cfg: Any) -> None:
     """The rules that need the built data module and the derived model shape. Changes nothing."""
-    from lm_lightning.objectives import check_weights
+    from lm_lightning.lit.objectives import check_weights
     from lm_lightning.optim.build import check_techniques
 
     with user_errors(*CHECKED_ERRORS):

@@ -22,7 +22,7 @@ from lm_lightning import collatz
 from lm_lightning.data.base import LMDataModule
 from lm_lightning.data.streams import Loader, worker_steps
 from lm_lightning.errors import UserError
-from lm_lightning.objectives import IGNORE_INDEX
+from lm_lightning.lit.objectives import IGNORE_INDEX
 
 # Validation numbers come from a separate seed and a distant normal-mode range, so they are
 # never training samples.

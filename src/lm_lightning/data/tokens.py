@@ -39,7 +39,7 @@ from torch.utils.data import Dataset, IterableDataset
 
 from lm_lightning.data.streams import worker_steps
 from lm_lightning.errors import UserError
-from lm_lightning.objectives import IGNORE_INDEX
+from lm_lightning.lit.objectives import IGNORE_INDEX
 
 DTYPES = {"uint16": np.uint16, "uint32": np.uint32, "int32": np.int32, "int64": np.int64}
 

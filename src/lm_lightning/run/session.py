@@ -129,7 +129,7 @@ def build(cfg: DictConfig, prepared: Prepared, init_state: dict[str, Any] | None
 
     from lm_lightning.callbacks.model_summary import summary_callbacks
     from lm_lightning.config.resolve import compile_mode
-    from lm_lightning.module import LMModule
+    from lm_lightning.lit.module import LMModule
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     enable_tf32()

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lm_lightning.atomic import fsync_replace, tmp_path
-from lm_lightning.metrics import current_metrics
+from lm_lightning.lit.metrics import current_metrics
 
 
 def has_best(trainer) -> bool:

@@ -11,9 +11,9 @@ import torch.nn as nn
 import torchmetrics
 
 from lm_lightning.callbacks.protocols import DataAnomalyListener, listeners
-from lm_lightning.metrics import at_log_step
+from lm_lightning.lit.metrics import at_log_step
+from lm_lightning.lit.objectives import HEADS, IGNORE_INDEX, multi_task_loss
 from lm_lightning.model import GPT, ModelConfig
-from lm_lightning.objectives import HEADS, IGNORE_INDEX, multi_task_loss
 from lm_lightning.optim.build import build_optimizer, keep_fused_choice
 from lm_lightning.optim.grad_norm import total_grad_norm
 from lm_lightning.optim.schedules import lightning_scheduler, refit_schedule
@@ -119,14 +119,14 @@ class LMModule(pl.LightningModule):
     def configure_model(self) -> None:
         """Under FSDP2 (trainer=fsdp, fsdp_cpu) shard the model here; other strategies: nothing.
 
-        Lightning calls this on every rank once the device mesh exists; lm_lightning/parallel.py
+        Lightning calls this on every rank once the device mesh exists; lm_lightning/lit/parallel.py
         is the one place that applies parallelism (model.py stays a plain module).
         """
         from lm_lightning.run.distributed import is_fsdp
 
         if self._trainer is None or not is_fsdp(self.trainer.strategy) or not hasattr(self.trainer.strategy, "device_mesh"):
             return
-        from lm_lightning import parallel
+        from lm_lightning.lit import parallel
 
         if parallel.is_parallelized(self.model):
             return
