@@ -5,6 +5,10 @@ does not fsync, and does not store RNG state. Here every file is written to a te
 the same directory, fsynced and renamed, so a file is either absent or complete; `last.ckpt`
 is replaced only after the checkpoint it points to is on disk. Weights that are not finite are
 never written, so a NaN can never overwrite the last good checkpoint.
+
+Longer than 300 lines because when to save (periodic, best-k, epoch, last, on demand) and what a
+save records (RNG, data position, best-k bookkeeping) are one state machine; how the files land on
+disk is :mod:`lm_lightning.callbacks.checkpoint_files`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,10 @@
-"""The LightningModule: one transformer, task heads and a weighted multi-task loss."""
+"""The LightningModule: one transformer, task heads and a weighted multi-task loss.
+
+Longer than 300 lines because it is the one place where Lightning's hooks meet the model: the
+training, validation and test steps, the optimizer and schedule wiring, configure_model's
+parallelism and the metric states all hang off the same attributes. The model is :mod:`lm_lightning.model`,
+the loss :mod:`lm_lightning.lit.objectives`, the optimizer :mod:`lm_lightning.optim`.
+"""
 
 from __future__ import annotations
 
