@@ -288,6 +288,12 @@ def render_shakespeare(s: dict) -> list[str]:
     return out + [""]
 
 
+def _table(intro: str, header: list[str], rows: list[list]) -> list[str]:
+    """A paragraph and a markdown table under it."""
+    return [intro, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(map(str, r)) + " |" for r in rows), ""]
+
+
 def _to_target(r: dict) -> tuple[str, str, str]:
     """(steps, tokens, seconds) to the target as table cells; '-' when a seed never reached it."""
     steps = f"{r['steps_to_target']:.0f}" if r.get("steps_to_target") is not None else "-"
@@ -332,27 +338,21 @@ def render_recipe(rec: dict) -> list[str]:
                 f"{ns['threads']} threads, alternating, median): bf16 (torch's Muon) {ns['bfloat16']:.1f} ms, fp32 "
                 f"{ns['float32']:.1f} ms. `optimizer.muon_ns_dtype=auto` is fp32 on a CPU, bf16 on a GPU.", ""]
     if "switches" in rec:
-        out += ["**modded-nanogpt's switches** on tiny-shakespeare, each toggled against the recipe at its own length "
-                f"(`bench.speedrun.SWITCHES`; `+` added, `-` taken out of the recipe), validating every {VAL_EVERY} "
-                "steps to the end of the schedule:", "",
-                f"| variant | steps to {TARGET} | tokens to {TARGET} | s to {TARGET} | reached | final val loss | "
-                "ms/iter | wall s |", "|---|---|---|---|---|---|---|---|"]
-        for r in rec["switches"]:
-            steps, tokens, t = _to_target(r)
-            out.append(f"| {r['variant']} | {steps} | {tokens} | {t} | {r['reached']} | {r['val_loss']:.4f} | "
-                       f"{r['ms_per_iter']:.1f} | {r['wall_s']:.0f} |")
-        out.append("")
+        out += _table("**modded-nanogpt's switches** on tiny-shakespeare, each toggled against the recipe at its own "
+                      f"length (`bench.speedrun.SWITCHES`; `+` added, `-` taken out of the recipe), validating every "
+                      f"{VAL_EVERY} steps to the end of the schedule:",
+                      ["variant", f"steps to {TARGET}", f"tokens to {TARGET}", f"s to {TARGET}", "reached",
+                       "final val loss", "ms/iter", "wall s"],
+                      [[r["variant"], *_to_target(r), r["reached"], f"{r['val_loss']:.4f}", f"{r['ms_per_iter']:.1f}",
+                        f"{r['wall_s']:.0f}"] for r in rec["switches"]])
     if "switches_explore" in rec:
-        out += ["**Choosing the switches** (runs that picked what the recipe turned on: the recipe at its own 375 "
-                "steps, validating every 25, each switch on top; one thread (`OMP_NUM_THREADS=1`) while the machine "
-                "was shared, so only the machine-independent figures are given):", "",
-                f"| variant | seeds | val loss at the end (per seed: 1337, 2024) | steps to {TARGET} | tokens to {TARGET} "
-                "| reached |", "|---|---|---|---|---|---|"]
-        for r in rec["switches_explore"]:
-            steps, tokens, _ = _to_target(r)
-            out.append(f"| {r['variant']} | {r['seeds']} | {', '.join(f'{v:.4f}' for v in r['vals'])} | {steps} | "
-                       f"{tokens} | {r['reached']} |")
-        out.append("")
+        out += _table("**Choosing the switches** (runs that picked what the recipe turned on: the recipe at its own "
+                      "375 steps, validating every 25, each switch on top; one thread (`OMP_NUM_THREADS=1`) while the "
+                      "machine was shared, so only the machine-independent figures are given):",
+                      ["variant", "seeds", "val loss at the end (per seed: 1337, 2024)", f"steps to {TARGET}",
+                       f"tokens to {TARGET}", "reached"],
+                      [[r["variant"], r["seeds"], ", ".join(f"{v:.4f}" for v in r["vals"]), *_to_target(r)[:2],
+                        r["reached"]] for r in rec["switches_explore"]])
     if "wikitext2" in rec:
         import math
 

@@ -45,6 +45,10 @@ def one_line_exit_2(argv: list[str], capsys) -> str:
     ("resume=sometimes", "resume must be one of"),
     ("ckpt_path=/nonexistent/x.ckpt", "checkpoint not found"),
     ("model.compile=fastest", "model.compile must be true, false or one of"),
+    # the 2026 recipe's keys
+    ("model.n_kv_head=3", "divisible by model.n_kv_head"),
+    ("model.logit_softcap=0", "logit_softcap must be positive"),
+    ("loss.z_loss=-1", "loss.z_loss must be a number >= 0"),
 ])
 def test_impossible_configs_exit_2_with_one_line(tmp_path, capsys, override, message):
     err = one_line_exit_2([*BASE, f"paths.runs_root={tmp_path}", "run_name=x", override], capsys)

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_bad_input import BASE, one_line_exit_2
 
 from lm_lightning.lit.objectives import IGNORE_INDEX, multi_task_loss, z_loss
 from lm_lightning.model import GPT, ModelConfig
@@ -77,15 +76,8 @@ def test_bad_architecture_values_are_refused(kw, message):
         tiny(**kw)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("model.n_kv_head=3", "divisible by model.n_kv_head"),
-    ("model.logit_softcap=0", "logit_softcap must be positive"),
-    ("loss.z_loss=-1", "loss.z_loss must be a number >= 0"),
-])
-def test_bad_recipe_values_exit_2_with_one_line(tmp_path, capsys, override, message):
-    err = one_line_exit_2([*BASE, f"paths.runs_root={tmp_path}", "run_name=x", override], capsys)
-    assert message in err
-    assert not (tmp_path / "x").exists()
+# The recipe keys' bad values (n_kv_head, logit_softcap, z_loss) are cases of
+# test_bad_input.test_impossible_configs_exit_2_with_one_line.
 
 
 # -- QK-norm -------------------------------------------------------------------------------

@@ -52,6 +52,15 @@ class LMDataModule(pl.LightningDataModule):
     eval_batches: int | None = None
     pin_memory: bool | None = None  # None: pin when CUDA is available
 
+    def set_sizes(self, block_size: int, batch_size: int, min_block: int = 1) -> None:
+        """Check and set ``data.block_size`` (at least ``min_block``) and ``data.batch_size``."""
+        if block_size < min_block:
+            need = "positive" if min_block == 1 else f"at least {min_block}"
+            raise ValueError(f"data.block_size must be {need}, got {block_size}")
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be positive, got {batch_size}")
+        self.block_size, self.batch_size = int(block_size), int(batch_size)
+
     # -- tokenizer ---------------------------------------------------------------------------
     @property
     def tokenizer(self) -> Any:

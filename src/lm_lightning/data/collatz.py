@@ -106,10 +106,7 @@ class CollatzDataModule(LMDataModule):
                  val_samples: int = 2048, pin_memory: bool | None = None,
                  prefetch_factor: int = 4) -> None:
         super().__init__()
-        if block_size < 2:
-            raise ValueError(f"data.block_size must be at least 2, got {block_size}")
-        if batch_size < 1:
-            raise ValueError(f"data.batch_size must be positive, got {batch_size}")
+        self.set_sizes(block_size, batch_size, min_block=2)
         if not 0.0 <= hard_fraction <= 1.0:
             raise ValueError(f"data.hard_fraction must be in [0, 1], got {hard_fraction}")
         lo, hi = hard_bits
@@ -117,7 +114,7 @@ class CollatzDataModule(LMDataModule):
             raise ValueError(f"data.hard_bits must be [low, high] with 2 <= low <= high, got {list(hard_bits)}")
         if normal_start < 2:
             raise ValueError(f"data.normal_start must be >= 2, got {normal_start}")
-        self.block_size, self.batch_size, self.num_workers = block_size, batch_size, num_workers
+        self.num_workers = num_workers
         self.seed, self.max_steps, self.val_samples = seed, max_steps, val_samples
         self.sampling = {"hard_fraction": hard_fraction, "normal_start": int(normal_start),
                          "hard_bits": (int(lo), int(hi))}

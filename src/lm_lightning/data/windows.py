@@ -39,13 +39,9 @@ class TokenWindowsModule(LMDataModule):
                  vocab_size: int | None = None, pin_memory: bool | None = None, seq_warmup_steps: int = 0,
                  seq_warmup_start: int = 16) -> None:
         super().__init__()
-        if block_size < 1:
-            raise ValueError(f"data.block_size must be positive, got {block_size}")
-        if batch_size < 1:
-            raise ValueError(f"data.batch_size must be positive, got {batch_size}")
+        self.set_sizes(block_size, batch_size)
         if not 0.0 <= augment_p < 0.5:
             raise ValueError(f"data.augment_p must be in [0, 0.5), got {augment_p}")
-        self.block_size, self.batch_size = int(block_size), int(batch_size)
         if int(seq_warmup_steps) < 0 or (seq_warmup_steps and not 1 <= int(seq_warmup_start) <= self.block_size):
             raise ValueError(f"data.seq_warmup_steps must be >= 0 and data.seq_warmup_start in [1, data.block_size="
                              f"{self.block_size}], got {seq_warmup_steps} and {seq_warmup_start}")
