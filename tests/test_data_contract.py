@@ -55,3 +55,27 @@ def test_resolve_split():
     assert [resolve_split(s, ()) for s in ("train", "val")] == ["train", "val"]  # only test falls back
     with pytest.raises(ValueError):
         resolve_split("validation", {"val"})
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"block_size": 1}, "data.block_size must be at least 2, got 1"),
+    ({"batch_size": 0}, "data.batch_size must be positive, got 0"),
+])
+def test_collatz_sizes_are_checked_by_the_contract(kwargs, message):
+    from lm_lightning.data.collatz import CollatzDataModule
+
+    with pytest.raises(ValueError, match=message):
+        CollatzDataModule(**kwargs)
+    dm = CollatzDataModule(block_size=8, batch_size=3)
+    assert (dm.block_size, dm.batch_size) == (8, 3)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"block_size": 0}, "data.block_size must be positive, got 0"),
+    ({"batch_size": -1}, "data.batch_size must be positive, got -1"),
+])
+def test_window_module_sizes_are_checked_by_the_contract(kwargs, message):
+    from lm_lightning.data.token_data import TokenDataModule
+
+    with pytest.raises(ValueError, match=message):
+        TokenDataModule(train_path="unused.bin", **kwargs)
