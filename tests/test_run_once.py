@@ -94,3 +94,30 @@ def test_check_and_derive_change_nothing(tmp_path, counted):
     derived = derive(cfg, datamodule, [])
     assert OmegaConf.to_container(cfg) == before and derived.shown == {}
     assert (derived.model_cfg.block_size, derived.model_cfg.vocab_size) == (16, datamodule.vocab_size)
+
+
+def test_an_init_from_folder_config_is_read_once(tmp_path, monkeypatch):
+    """derive() reads an init_from folder's config.json once: the architecture and its converter together."""
+    import json
+
+    from lm_lightning.config.resolve import derive, resolve
+    from lm_lightning.convert import registry
+    from lm_lightning.run.plan import build_datamodule
+
+    folder = tmp_path / "llama"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64, "vocab_size": 48,
+        "max_position_embeddings": 64, "rms_norm_eps": 1e-5, "rope_theta": 10000.0}))
+    reads = []
+    real = registry.read_hf_config
+    monkeypatch.setattr(registry, "read_hf_config", lambda name: reads.append(name) or real(name))
+    from lm_lightning.convert import init_from
+    monkeypatch.setattr(init_from, "read_hf_config", registry.read_hf_config)
+    cfg = compose([*TINY, "logger=none", f"paths.runs_root={tmp_path / 'runs'}", f"model.init_from={folder}"])
+    resolve(cfg)
+    derived = derive(cfg, build_datamodule(cfg), [])
+    assert reads == [str(folder)]
+    assert derived.init_kind == "llama"
+    assert (derived.model_cfg.n_layer, derived.model_cfg.n_kv_head, derived.model_cfg.vocab_size) == (2, 2, 48)

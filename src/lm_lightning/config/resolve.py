@@ -125,11 +125,11 @@ def derive(cfg: DictConfig, datamodule: Any, overrides: list[str] | None = None)
         kind = None
         if cfg.model.get("init_from"):
             # A Llama folder sets the architecture (config.json only; the weights load later).
-            from lm_lightning.convert import derive_arch, for_source, user_model_keys
+            from lm_lightning.convert import derive_arch, user_model_keys
 
             name = str(cfg.model.init_from)
-            kind = for_source(name).name
-            arch = derive_arch(name, arch, datamodule, user_model_keys(cli_overrides(overrides)))
+            arch, converter = derive_arch(name, arch, datamodule, user_model_keys(cli_overrides(overrides)))
+            kind = converter.name
             shown = {k: arch[k] for k in arch if k in cfg.model or k == "vocab_size"}
         data_block = int(datamodule.block_size)
         if arch.get("block_size") is None:

@@ -2,7 +2,8 @@
 
 Two steps, both through the registry:
 
-- ``derive_arch(name, arch, datamodule, user_keys)`` (before the model exists): an architecture
+- ``derive_arch(name, arch, datamodule, user_keys)`` (before the model exists; reads config.json once
+  and returns the architecture with its converter): an architecture
   whose converter reads config.json (Llama) takes every shape key from the folder; GPT-2 folders
   leave the preset's shape (``model=gpt2``) and are checked when the weights load;
 - ``pretrained_state(name, model_cfg)``: the weights in our layout, checked against the model.
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 
+from lm_lightning.convert.base import Converter
 from lm_lightning.convert.registry import for_hf_config, for_name, for_source, read_hf_config
 from lm_lightning.errors import UserError
 
@@ -32,7 +34,8 @@ def user_model_keys(overrides: list[str]) -> set[str]:
     return keys
 
 
-def derive_arch(name: str, arch: dict[str, Any], datamodule: Any, user_keys: set[str]) -> dict[str, Any]:
+def derive_arch(name: str, arch: dict[str, Any], datamodule: Any,
+                user_keys: set[str]) -> tuple[dict[str, Any], Converter]:
     """The run's architecture when ``model.init_from`` names a folder (or hub model).
 
     Rule: the folder's config.json decides every architecture key (SHAPE_KEYS); the preset's and
@@ -41,9 +44,10 @@ def derive_arch(name: str, arch: dict[str, Any], datamodule: Any, user_keys: set
     not exceed max_position_embeddings. GPT-2 folders keep the preset's shape (model=gpt2).
     """
     d = read_hf_config(name)
-    src = for_hf_config(d, name).arch_from_hf(d or {}, f"model.init_from={name}")
+    converter = for_hf_config(d, name)
+    src = converter.arch_from_hf(d or {}, f"model.init_from={name}")
     if src is None:
-        return arch
+        return arch, converter
     clash = [f"model.{k}={arch.get(k)!r} but the folder has {src[k]!r}" for k in sorted(user_keys & set(src))
              if arch.get(k) != src[k]]
     if clash:
@@ -61,7 +65,7 @@ def derive_arch(name: str, arch: dict[str, Any], datamodule: Any, user_keys: set
     if data_vocab > src["vocab_size"]:
         raise UserError(f"model.init_from={name}: the tokenizer has {data_vocab} tokens, more than the model's "
                         f"vocab_size {src['vocab_size']}; use the model's tokenizer (tokenizer=hf tokenizer.path=DIR)")
-    return out
+    return out, converter
 
 
 def pretrained_state(name: str, model_cfg: Any, kind: str | None = None) -> dict[str, torch.Tensor]:
