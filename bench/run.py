@@ -148,6 +148,12 @@ def render(cpu: dict, gpu: dict | None, have_gpu: bool) -> str:
         "the ratios are the figures to read.",
         "",
     ]
+    measured = cpu.get("measured", {})
+    kept = [s for s in SECTIONS if s in cpu and s not in measured]
+    if measured or kept:
+        out += ["When each section's figures were taken: " + "; ".join(
+            [f"{s}: {when}" for s, when in measured.items()] + [f"{s}: an earlier invocation (see its text)" for s in kept])
+            + ".", ""]
     if m.get("skipped"):
         out += [f"Not rerun in this invocation, figures kept from an earlier run: {'; '.join(m['skipped'])}.", ""]
     if "overhead" in cpu:
@@ -382,6 +388,7 @@ def main() -> None:
             cpu["machine"].setdefault("skipped", []).append(f"{name} (missing {exc})")
             continue
         print(json.dumps(cpu[name], indent=1), flush=True)
+        cpu.setdefault("measured", {})[name] = f"{cpu['machine']['date']} (commit {cpu['machine']['commit']})"
         RESULTS.write_text(json.dumps(cpu, indent=1) + "\n")
     gpu = json.loads(GPU_RESULTS.read_text()) if GPU_RESULTS.is_file() else None
     text = render(cpu, gpu, torch.cuda.is_available())
