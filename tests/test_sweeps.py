@@ -149,7 +149,7 @@ def test_failed_sweep_job_returns_none_and_is_recorded(monkeypatch, tmp_path, fa
 
     cfg = compose([f"paths.runs_root={tmp_path}", "run_name=job"])
 
-    def fake_train(cfg):
+    def fake_train(cfg, prepared=None):
         (tmp_path / "job").mkdir(exist_ok=True)
         if failure == "oom":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

@@ -137,7 +137,7 @@ def task(cfg: DictConfig, prepared: Prepared | None = None) -> float | None:
     run_dir_existed = rundir.has_content(cfg)
     multirun = is_multirun()
     try:
-        summary = train(cfg) if prepared is None else train(cfg, prepared)
+        summary = train(cfg, prepared)
     except UserError as exc:
         rundir.remove_if_empty(cfg, run_dir_existed)
         if not multirun:
