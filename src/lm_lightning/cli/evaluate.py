@@ -18,6 +18,7 @@ from typing import Any
 
 from lm_lightning.cli.args import parse_args
 from lm_lightning.errors import UserError, exit_on_user_error
+from lm_lightning.startup import start_up
 
 USAGE = ("python -m lm_lightning.evaluate ckpt=PATH [split=test|val] [batch_size=N] [max_batches=N] "
          "[device=cpu] [data=NAME data.KEY=VALUE ...]")
@@ -97,9 +98,10 @@ def main(argv: list[str] | None = None) -> None:
         if args["split"] not in ("test", "val"):
             raise UserError(f"split must be test or val, got {args['split']!r}")
         start = time.time()
-        from lm_lightning.ckpt.load import load_for_inference
+        with start_up():  # the imports and the checkpoint: no collections, then frozen
+            from lm_lightning.ckpt.load import load_for_inference
 
-        inf = load_for_inference(args["ckpt"], args["device"])
+            inf = load_for_inference(args["ckpt"], args["device"])
         data_cfg = data_config(inf.loaded.config, overrides)
         if args["batch_size"]:
             data_cfg["eval_batch_size"] = args["batch_size"]

@@ -20,6 +20,7 @@ from typing import Any
 
 from lm_lightning.cli.args import parse_args
 from lm_lightning.errors import UserError, exit_on_user_error
+from lm_lightning.startup import start_up
 
 USAGE = ("python -m lm_lightning.export ckpt=PATH out=DIR [format=auto|hf|native|gguf|all] "
          "[outtype=f16|f32|bf16|q8_0] [overwrite=false]")
@@ -45,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
             # A complete sharded (FSDP) checkpoint is consolidated by load_for_inference.
             raise UserError(f"ckpt={args['ckpt']} is a folder (a sharded checkpoint?) without {SHARDED_META} and "
                             f"{DCP_INDEX}: an unfinished save, or not a checkpoint")
-        inf = load_for_inference(args["ckpt"])
+        with start_up():  # the imports and the checkpoint: no collections, then frozen
+            inf = load_for_inference(args["ckpt"])
         source = export_source(inf.loaded, args["ckpt"], "python -m lm_lightning.export " + " ".join(argv))
         result = export(inf.model, inf.tokenizer, args["out"], args["format"], source, args["outtype"],
                         args["overwrite"])

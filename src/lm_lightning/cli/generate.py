@@ -15,6 +15,7 @@ from typing import Any
 
 from lm_lightning.cli.args import parse_args
 from lm_lightning.errors import UserError, exit_on_user_error
+from lm_lightning.startup import start_up
 
 USAGE = ("python -m lm_lightning.generate ckpt=PATH prompt=TEXT max_new_tokens=200 temperature=0.8 "
          "top_k=50 top_p=0.95 seed=1 [num_samples=1] [device=cpu] [threads=1] [timing=false]")
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
         from lm_lightning.ckpt.load import load_for_inference
 
         try:
-            inf = load_for_inference(args["ckpt"], args["device"])
+            with start_up():  # the imports and the checkpoint: no collections, then frozen
+                inf = load_for_inference(args["ckpt"], args["device"])
             if inf.tokenizer is None:
                 raise UserError("the checkpoint carries no tokenizer; it was not trained on text data")
             start = time.perf_counter()

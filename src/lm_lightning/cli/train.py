@@ -26,6 +26,7 @@ from lm_lightning.known_warnings import silence_known_warnings
 from lm_lightning.run import rundir
 from lm_lightning.run.plan import Prepared
 from lm_lightning.run.session import is_multirun, train
+from lm_lightning.startup import start_up
 
 log = logging.getLogger("lm_lightning")
 
@@ -45,8 +46,9 @@ def main() -> None:
         how = ("fix LM_LIGHTNING_CONF" if os.environ.get("LM_LIGHTNING_CONF")
                else "set LM_LIGHTNING_CONF to a directory holding train.yaml")
         report_and_exit(UserError(f"config directory {CONF_DIR} not found; {how}"))
-    prepared = precheck(sys.argv[1:])
-    refuse_multirun_ddp(sys.argv[1:])
+    with start_up():  # the imports, the config and the data module: no collections, then frozen
+        prepared = precheck(sys.argv[1:])
+        refuse_multirun_ddp(sys.argv[1:])
 
     def run(cfg: DictConfig) -> float | None:
         return task(cfg, prepared)
