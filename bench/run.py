@@ -372,6 +372,11 @@ def render_recipe(rec: dict) -> list[str]:
     return out
 
 
+# Records inside a section that a rerun of the section does not measure again (each carries its
+# own date and commits): start-up's before/after tables (python -m bench.startup --before COMMIT).
+KEEP = {"startup": ("speedrun", "compare")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default="", help="comma-separated sections: " + ",".join(SECTIONS))
@@ -382,7 +387,8 @@ def main() -> None:
     for name in wanted:
         print(f"== {name}", flush=True)
         try:
-            cpu[name] = SECTIONS[name]()
+            kept = {k: cpu.get(name, {}).get(k) for k in KEEP.get(name, ()) if cpu.get(name, {}).get(k)}
+            cpu[name] = SECTIONS[name]() | kept  # dated before/after records stay with their section
         except FileNotFoundError as exc:  # e.g. ../shared is not beside this checkout
             print(f"skipped {name}: missing {exc}; BENCHMARKS.md keeps its last recorded figures", flush=True)
             cpu["machine"].setdefault("skipped", []).append(f"{name} (missing {exc})")

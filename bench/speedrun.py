@@ -94,9 +94,9 @@ SWITCHES = {
     "U-net skips": (["model.unet_skips=true"], ["model.unet_skips=false"], False),
     "sequence-length warmup 16->64 over 100 steps": (["data.seq_warmup_steps=100", "data.seq_warmup_start=16"],
                                                       ["data.seq_warmup_steps=0"], False),
-    "Muon momentum warmup 0.85->0.95 over 100 steps": (["optimizer.muon_momentum_warmup_steps=100",
-                                                        "optimizer.muon_momentum_start=0.85"],
-                                                       ["optimizer.muon_momentum_warmup_steps=0"], True),
+    "Muon momentum warmup 0.8->0.9 over 100 steps": (["optimizer.muon_momentum_warmup_steps=100",
+                                                      "optimizer.muon_momentum_start=0.8"],
+                                                     ["optimizer.muon_momentum_warmup_steps=0"], True),
 }
 
 

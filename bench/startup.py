@@ -74,3 +74,40 @@ def tree_startup(trees: dict[str, Path], args: list[str], repeats: int = 3, step
                 runs[name].append({"startup_s": summary["startup_s"], "wall_s": wall})
     return {name: {"startup_s": statistics.median(r["startup_s"] for r in rs),
                    "wall_s": statistics.median(r["wall_s"] for r in rs), "runs": rs} for name, rs in runs.items()}
+
+
+def compare_with_commit(before: str, title: str, args: list[str], note: str, repeats: int = 3) -> dict:
+    """Start-up of ``before`` (a commit, unpacked with ``git archive`` into a temporary folder) against
+    this checkout, the two alternating (:func:`tree_startup`); appended to ``bench/cpu_results.json``'s
+    start-up section, which ``python -m bench.run`` renders in BENCHMARKS.md section 5.
+
+        python -m bench.startup --before a0ca1a4 --title "..." --note "..." [-- train.py args]
+    """
+    import datetime
+
+    results = ROOT / "bench" / "cpu_results.json"
+    with tempfile.TemporaryDirectory() as old:
+        archive = subprocess.run(["git", "archive", before], cwd=ROOT, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", old], input=archive, check=True)
+        trees = tree_startup({"before": Path(old), "after": ROOT}, args, repeats)
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    entry = {"title": title, "steps": 1, "trees": trees,
+             "note": f"{datetime.date.today()}, before = main at {before} ({note}), after = {head}"}
+    cpu = json.loads(results.read_text())
+    compare = cpu.setdefault("startup", {}).setdefault("compare", [])
+    compare[:] = [c for c in compare if c["title"] != title] + [entry]
+    results.write_text(json.dumps(cpu, indent=1) + "\n")
+    return entry
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="start-up before (a commit) and after (this checkout), alternating")
+    ap.add_argument("--before", required=True)
+    ap.add_argument("--title", required=True)
+    ap.add_argument("--note", default="")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("args", nargs="*", help="train.py arguments (default: the speedrun)")
+    a = ap.parse_args()
+    print(json.dumps(compare_with_commit(a.before, a.title, a.args or SPEEDRUN, a.note, a.repeats), indent=1))
