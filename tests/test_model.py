@@ -112,3 +112,52 @@ def test_activation_checkpointing_same_gradients():
         m(x).sum().backward()
     for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-6), n
+
+
+def _real_rope(x, cos, sin):
+    """The rotation written out: pairs (2i, 2i+1) turned by angle t * theta_i."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+
+def test_rope_complex_path_equals_the_rotation_forward_and_backward(monkeypatch):
+    # On a CPU in fp32, apply_rope multiplies complex pairs (the speedrun's fast path): the same
+    # values and gradients as the real arithmetic, on the transposed (B, nh, T, hs) views
+    # attention hands it and on a one-token slice as generation does.
+    from lm_lightning.model import layers
+
+    calls = []
+    monkeypatch.setattr(torch, "view_as_complex", lambda t, _f=torch.view_as_complex: calls.append(1) or _f(t))
+    cos, sin = layers.rope_cache(16, 24, 10000.0)
+    x = torch.randn(3, 24, 4, 16).transpose(1, 2).requires_grad_()
+    g = torch.randn(3, 4, 24, 16)
+    fast, real = layers.apply_rope(x, cos, sin), _real_rope(x, cos, sin)
+    assert calls, "the complex path ran"
+    torch.testing.assert_close(fast, real, rtol=0, atol=1e-6)
+    torch.testing.assert_close(torch.autograd.grad(fast, x, g)[0], torch.autograd.grad(real, x, g)[0], rtol=0, atol=1e-6)
+    one = x[:, :, 5:6].detach()
+    torch.testing.assert_close(layers.apply_rope(one, cos[5:6], sin[5:6]), _real_rope(one, cos[5:6], sin[5:6]))
+
+
+def test_rope_keeps_the_real_path_for_bf16_and_odd_views():
+    from lm_lightning.model import layers
+
+    cos, sin = layers.rope_cache(16, 8, 10000.0)
+    x = torch.randn(2, 4, 8, 16)
+    assert layers._complex_rotation(x)
+    assert not layers._complex_rotation(x.bfloat16()), "there is no bf16 complex type"
+    assert not layers._complex_rotation(torch.randn(2, 4, 8, 17)[..., 1:]), "odd storage offset"
+    y = x.bfloat16()
+    torch.testing.assert_close(layers.apply_rope(y, cos, sin), _real_rope(y, cos.bfloat16(), sin.bfloat16()))
+
+
+def test_relu_squared_equals_autograd_of_relu_then_square():
+    from lm_lightning.model.layers import ReLUSquared
+
+    h = torch.randn(6, 10, 40, requires_grad=True)
+    h.data[0, 0, :4] = 0.0  # the kink: relu's gradient at 0 is 0 in both
+    g = torch.randn(6, 10, 40)
+    ours, ref = ReLUSquared.apply(h), torch.nn.functional.relu(h).square()
+    torch.testing.assert_close(ours, ref, rtol=0, atol=0)
+    torch.testing.assert_close(torch.autograd.grad(ours, h, g)[0], torch.autograd.grad(ref, h, g)[0], rtol=0, atol=0)
+    assert torch.autograd.gradcheck(ReLUSquared.apply, (torch.randn(3, 5, dtype=torch.float64, requires_grad=True),))

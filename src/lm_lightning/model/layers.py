@@ -43,10 +43,23 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     # rotates halves (i, i + hs/2) instead; the two layouts differ only by a fixed permutation of
     # each head's query/key rows, so convert/llama.py permutes those rows when converting and this
     # one model reproduces LlamaForCausalLM exactly (q.k is unchanged by a shared permutation).
+    if _complex_rotation(x):
+        # The same rotation as one complex product per pair, forward and backward: about a quarter
+        # of the time of the real arithmetic below on a CPU (8 of them per step of the speedrun).
+        pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))
+        return torch.view_as_real(pairs * torch.complex(cos.to(x.dtype), sin.to(x.dtype))).flatten(-2)
     x1, x2 = x[..., 0::2], x[..., 1::2]
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
     return out.flatten(-2)
+
+
+def _complex_rotation(x: torch.Tensor) -> bool:
+    """Complex arithmetic for the rotation: eager fp32/fp64 on a CPU, where a pair can be viewed as one
+    complex number in place (no bf16 complex type; compilers and accelerators keep the real form)."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.stride(-1) == 1
+            and x.storage_offset() % 2 == 0 and all(st % 2 == 0 for st in x.stride()[:-1])
+            and not torch.compiler.is_compiling())
 
 
 class CausalSelfAttention(nn.Module):
@@ -112,6 +125,26 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+class ReLUSquared(torch.autograd.Function):
+    """relu(h)² with its gradient written out: 2 relu(h) g (zero where h <= 0, so no mask pass).
+
+    The same values and gradients as ``F.relu(h).square()`` under autograd, which runs a square's
+    backward and then a threshold mask: this saves two elementwise passes over the (B, T, 4C) hidden
+    activations, about 3 of the speedrun's 75 ms per forward-backward on a 2-core CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor) -> torch.Tensor:
+        r = torch.relu(h)
+        ctx.save_for_backward(r)
+        return r * r
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (r,) = ctx.saved_tensors
+        return (grad * r).mul_(2.0)
+
+
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -128,7 +161,7 @@ class MLP(nn.Module):
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
         elif self.relu2:
-            h = F.relu(h).square()  # ReLU²: sparse and cheap (Primer; modded-nanogpt)
+            h = ReLUSquared.apply(h)  # ReLU²: sparse and cheap (Primer; modded-nanogpt)
         else:
             h = F.gelu(h, approximate="tanh")
         return self.dropout(self.c_proj(h))
