@@ -359,6 +359,14 @@ def render_recipe(rec: dict) -> list[str]:
                        f"tokens to {TARGET}", "reached"],
                       [[r["variant"], r["seeds"], ", ".join(f"{v:.4f}" for v in r["vals"]), *_to_target(r)[:2],
                         r["reached"]] for r in rec["switches_explore"]])
+    if "tuning" in rec:
+        out += _table("**Tuning the recipe for its length** (issue 19, 2026-12-03: what moved it from 375 steps to 275; "
+                      "val loss over the same 20 batches at the last step of a schedule of that length, seed 1337 and, "
+                      "where given, 2024; one thread (`OMP_NUM_THREADS=1`), two runs at a time; + = one change against "
+                      "the row's base):",
+                      ["variant", "steps", "training tokens", "val loss at the end (per seed)", f"<= {TARGET}"],
+                      [[r["variant"], r["steps"], f"{r['tokens'] // 1000}k", ", ".join(f"{v:.4f}" for v in r["vals"]),
+                        "yes" if all(v <= TARGET for v in r["vals"]) else "no"] for r in rec["tuning"]])
     if "wikitext2" in rec:
         import math
 
