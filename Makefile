@@ -7,6 +7,11 @@ PIP := $(PY) -m pip
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Two pytest-xdist workers, one per core of the 2-core reference machine; a test file stays on one
+# worker (--dist loadfile), so a module's shared fixture (the FSDP2 torchrun job) runs once.
+# Most of the suite's time is subprocesses importing torch and Lightning, one core each.
+# PYTEST_WORKERS=0 runs everything in one process.
+PYTEST_WORKERS ?= 2
 
 .PHONY: help install train test lint bench clean
 
@@ -28,7 +33,7 @@ train: install  ## the default run: Collatz, model=small
 	$(PY) train.py
 
 test: install  ## the whole test suite
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: install  ## ruff
 	$(PY) -m ruff check src tests bench
