@@ -53,19 +53,20 @@ BASELINE_LR_TUNING = ("seed 1337, steps to 1.88 on the 1000-step schedule: 1e-3 
 # swapping a preset keeps the rest of the recipe; its Muon-only keys are deleted with it.
 
 
-def _muon_only_keys() -> list[str]:
-    """Keys the experiment sets under optimizer that only optimizer=muon has (deleted with it)."""
+def _only_keys(group: str, preset: str) -> list[str]:
+    """Keys the experiment sets under ``group`` that ``conf/<group>/<preset>.yaml`` lacks (deleted
+    with the swap: the swapped-in target would refuse them, config/targets.py)."""
     import yaml
 
     conf = ROOT / "conf"
-    exp = yaml.safe_load((conf / "experiment" / "shakespeare_char_speedrun.yaml").read_text()).get("optimizer") or {}
-    adamw = yaml.safe_load((conf / "optimizer" / "adamw.yaml").read_text()) or {}
-    return [k for k in exp if k not in adamw]
+    exp = yaml.safe_load((conf / "experiment" / "shakespeare_char_speedrun.yaml").read_text()).get(group) or {}
+    other = yaml.safe_load((conf / group / f"{preset}.yaml").read_text()) or {}
+    return [f"~{group}.{k}" for k in exp if k not in other]
 
 
 OFF = {
-    "muon": ["optimizer=adamw", *(f"~optimizer.{k}" for k in _muon_only_keys())],
-    "wsd": ["scheduler=cosine_warmup"],
+    "muon": ["optimizer=adamw", *_only_keys("optimizer", "adamw")],
+    "wsd": ["scheduler=cosine_warmup", *_only_keys("scheduler", "cosine_warmup")],
     "relu2": ["model.mlp=gelu"],
     "qk_norm": ["model.qk_norm=false", "model.logit_softcap=null"],
 }
