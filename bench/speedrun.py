@@ -55,7 +55,7 @@ BASELINE_LR_TUNING = ("seed 1337, steps to 1.88 on the 1000-step schedule: 1e-3 
 
 def _only_keys(group: str, preset: str) -> list[str]:
     """Keys the experiment sets under ``group`` that ``conf/<group>/<preset>.yaml`` lacks (deleted
-    with the swap: the swapped-in target would refuse them, config/targets.py)."""
+    with the swap: the swapped-in target would refuse them, optim/targets.py)."""
     import yaml
 
     conf = ROOT / "conf"

@@ -1,5 +1,5 @@
 """A preset swapped under an experiment that set the old preset's own keys is one line and exit 2,
-naming the key (config/targets.py), not a TypeError after the run directory exists."""
+naming the key (optim/targets.py), not a TypeError after the run directory exists."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from conftest import CONF, compose
 from omegaconf import OmegaConf
 from test_config_schema import every_preset, exits_2_with_one_line
 
-from lm_lightning.config.targets import accepted_arguments, check_target_keys
 from lm_lightning.optim.build import TECHNIQUE_KEYS
 from lm_lightning.optim.muon import MuonAdamW
+from lm_lightning.optim.targets import accepted_arguments, check_target_keys
 
 EXPERIMENTS = sorted(f.stem for f in (CONF / "experiment").glob("*.yaml"))
 

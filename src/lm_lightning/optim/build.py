@@ -64,7 +64,7 @@ def check_techniques(opt_cfg: Mapping[str, Any], n_layer: int, strategy: Any = N
 
     ``strategy`` is the trainer's (a name or a config with ``_target_``): optimizer=muon refuses FSDP.
     """
-    from lm_lightning.config.targets import check_target_keys
+    from lm_lightning.optim.targets import check_target_keys
 
     check_target_keys("optimizer", opt_cfg, ignore=TECHNIQUE_KEYS)
     if str(opt_cfg.get("_target_", "")).endswith("MuonAdamW"):

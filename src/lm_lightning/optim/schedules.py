@@ -182,7 +182,7 @@ def wsd(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 
 
 def check_scheduler(sched_cfg: Mapping[str, Any] | None) -> None:
     """Validate schedule values before any expensive work (raises ValueError)."""
-    from lm_lightning.config.targets import check_target_keys
+    from lm_lightning.optim.targets import check_target_keys
 
     check_target_keys("scheduler", sched_cfg, skip=2)  # the builder passes (optimizer, total_steps)
     if sched_cfg and str(sched_cfg.get("_target_", "")).endswith(".wsd"):
